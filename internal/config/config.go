@@ -1,0 +1,332 @@
+// Package config reads egressd's YAML configuration file.
+//
+// Decoding is strict: an unknown key, a value of the wrong type and a value out of
+// range are each an error naming file:line. Defaults live in one place (applyDefaults)
+// and are applied before validation, so the rest of egressd sees a complete Config.
+// The package reads the file and nothing it names: allowlists are the policy package's.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Mode says what a denial does.
+type Mode string
+
+const (
+	// ModeEnforce refuses denied requests. It is the default.
+	ModeEnforce Mode = "enforce"
+	// ModeReport logs and counts denied requests as "would deny" and lets them through,
+	// for rolling out an allowlist safely.
+	ModeReport Mode = "report"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	// Mode is "enforce" or "report". If empty, "enforce" is used.
+	Mode Mode `yaml:"mode"`
+	// Proxy configures the forward proxy listener.
+	Proxy Proxy `yaml:"proxy"`
+	// Metrics configures the listener that serves /metrics, /healthz and /readyz.
+	Metrics Metrics `yaml:"metrics"`
+	// Allowlist lists allowlist files and directories. Relative paths are relative to
+	// the config file's directory. It must not be empty.
+	Allowlist []string `yaml:"allowlist"`
+	// Log configures the process log on stderr.
+	Log Log `yaml:"log"`
+
+	// File is the path the config was read from; it is not a YAML key.
+	File string `yaml:"-"`
+}
+
+// Proxy configures the forward proxy.
+type Proxy struct {
+	// Listen is the proxy's host:port. If empty, 127.0.0.1:3128 is used.
+	Listen string `yaml:"listen"`
+	// AllowedPorts are the ports a rule without a port allows. If empty, 80 and 443.
+	AllowedPorts []int `yaml:"allowed_ports"`
+	// ReadHeaderTimeout bounds reading a request's headers. If zero, 10s is used.
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	// IdleTimeout closes a keep-alive connection, or a tunnel with no bytes in either
+	// direction, after this long. If zero, 5m is used.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// DialTimeout bounds connecting to an upstream. If zero, 10s is used.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// MaxHeaderBytes bounds a request's header size. If zero, 64 KiB is used.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// MaxConnections bounds concurrent client connections. If zero, 4096 is used.
+	MaxConnections int `yaml:"max_connections"`
+	// DrainTimeout is how long a shutdown lets requests and tunnels in flight finish
+	// before closing them. If zero, 30s is used.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// CloseRevokedTunnels closes an open tunnel when a reload removes the rule that
+	// allowed it. If unset, true.
+	CloseRevokedTunnels *bool `yaml:"close_revoked_tunnels"`
+}
+
+// Metrics configures the metrics and health listener.
+type Metrics struct {
+	// Listen is the metrics listener's host:port. If empty, 127.0.0.1:9090 is used.
+	Listen string `yaml:"listen"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is debug, info, warn or error. If empty, info is used.
+	Level string `yaml:"level"`
+	// Format is json or text. If empty, json is used.
+	Format string `yaml:"format"`
+}
+
+// applyDefaults fills every zero value that has a default. It is the one place
+// defaults are set.
+func (c *Config) applyDefaults() {
+	setDefault(&c.Mode, ModeEnforce)
+	setDefault(&c.Proxy.Listen, "127.0.0.1:3128")
+	if len(c.Proxy.AllowedPorts) == 0 {
+		c.Proxy.AllowedPorts = []int{80, 443}
+	}
+	setDefault(&c.Proxy.ReadHeaderTimeout, 10*time.Second)
+	setDefault(&c.Proxy.IdleTimeout, 5*time.Minute)
+	setDefault(&c.Proxy.DialTimeout, 10*time.Second)
+	setDefault(&c.Proxy.MaxHeaderBytes, 64<<10)
+	setDefault(&c.Proxy.MaxConnections, 4096)
+	setDefault(&c.Proxy.DrainTimeout, 30*time.Second)
+	if c.Proxy.CloseRevokedTunnels == nil {
+		t := true
+		c.Proxy.CloseRevokedTunnels = &t
+	}
+	setDefault(&c.Metrics.Listen, "127.0.0.1:9090")
+	setDefault(&c.Log.Level, "info")
+	setDefault(&c.Log.Format, "json")
+}
+
+func setDefault[T comparable](p *T, def T) {
+	var zero T
+	if *p == zero {
+		*p = def
+	}
+}
+
+// LoadFile reads and validates the config file at an OS path. Relative allowlist paths
+// become OS paths relative to the file's directory.
+func LoadFile(name string) (*Config, error) {
+	data, err := os.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, unwrapPath(err))
+	}
+	return parse(name, data, func(p string) string {
+		if filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(filepath.Dir(name), p)
+	})
+}
+
+// LoadFS reads and validates the config file name in fsys, such as the defaults
+// embedded in the binary. Allowlist paths become fs.FS names relative to name's directory.
+func LoadFS(fsys fs.FS, name string) (*Config, error) {
+	data, err := fs.ReadFile(fsys, name)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, unwrapPath(err))
+	}
+	return parse(name, data, func(p string) string { return path.Join(path.Dir(name), p) })
+}
+
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// parse decodes and validates config data read from file name; resolve turns an
+// allowlist path as written into one the policy loader can open.
+func parse(name string, data []byte, resolve func(string) string) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, yamlError(name, err)
+	}
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	// An empty file decodes as io.EOF: all defaults, and validate asks for an allowlist.
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, yamlError(name, err)
+	}
+	c.File = name
+	c.applyDefaults()
+	if err := c.validate(&root); err != nil {
+		return nil, err
+	}
+	for i, p := range c.Allowlist {
+		c.Allowlist[i] = resolve(p)
+	}
+	return &c, nil
+}
+
+// Problems is every error found in one config file.
+type Problems []string
+
+func (p Problems) Error() string { return strings.Join(p, "\n") }
+
+var (
+	lineRE         = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+	unknownFieldRE = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
+	cannotRE       = regexp.MustCompile("^cannot unmarshal !!(\\w+) `(.*)` into (\\S+)$")
+)
+
+// yamlError rewrites yaml.v3's messages ("line 3: field foo not found in type
+// config.Proxy") into file:line messages that say what to do.
+func yamlError(file string, err error) error {
+	var msgs []string
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		msgs = te.Errors
+	} else {
+		msgs = []string{err.Error()}
+	}
+	var out Problems
+	for _, m := range msgs {
+		line, rest := "", m
+		if sm := lineRE.FindStringSubmatch(m); sm != nil {
+			line, rest = sm[1], sm[2]
+		}
+		if sm := unknownFieldRE.FindStringSubmatch(rest); sm != nil {
+			rest = fmt.Sprintf("unknown key %q; check its spelling and indentation against the README's configuration reference", sm[1])
+		} else if sm := cannotRE.FindStringSubmatch(rest); sm != nil {
+			rest = fmt.Sprintf("%q is not a valid %s", sm[2], goTypeName(sm[3]))
+		}
+		if line != "" {
+			out = append(out, fmt.Sprintf("%s:%s: %s", file, line, rest))
+		} else {
+			out = append(out, fmt.Sprintf("%s: %s", file, rest))
+		}
+	}
+	return out
+}
+
+func goTypeName(t string) string {
+	switch t {
+	case "time.Duration":
+		return "duration (write it as 500ms, 10s, 5m or 1h)"
+	case "int", "[]int":
+		return "whole number"
+	case "bool", "*bool":
+		return "boolean (true or false)"
+	case "[]string":
+		return "list"
+	}
+	return "value for this key"
+}
+
+// validate checks values that decode but make no sense, with the line of each key.
+func (c *Config) validate(root *yaml.Node) error {
+	var ps Problems
+	add := func(keys []string, format string, args ...any) {
+		ps = append(ps, fmt.Sprintf("%s:%d: %s: %s", c.File, lineOf(root, keys...), strings.Join(keys, "."), fmt.Sprintf(format, args...)))
+	}
+	if c.Mode != ModeEnforce && c.Mode != ModeReport {
+		add([]string{"mode"}, "%q is not a mode; write enforce or report", c.Mode)
+	}
+	checkListen := func(keys []string, v string) {
+		_, port, err := net.SplitHostPort(v)
+		if err != nil {
+			add(keys, "%q is not host:port; write something like 127.0.0.1:3128", v)
+			return
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			add(keys, "%q has an invalid port; use 0 to 65535", v)
+		}
+	}
+	checkListen([]string{"proxy", "listen"}, c.Proxy.Listen)
+	checkListen([]string{"metrics", "listen"}, c.Metrics.Listen)
+	if c.Proxy.Listen == c.Metrics.Listen && !strings.HasSuffix(c.Proxy.Listen, ":0") {
+		add([]string{"metrics", "listen"}, "%q is also proxy.listen; give each listener its own port", c.Metrics.Listen)
+	}
+	for _, p := range c.Proxy.AllowedPorts {
+		if p < 1 || p > 65535 {
+			add([]string{"proxy", "allowed_ports"}, "%d is not a port; a port is a number from 1 to 65535", p)
+		}
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{
+		{"read_header_timeout", c.Proxy.ReadHeaderTimeout},
+		{"idle_timeout", c.Proxy.IdleTimeout},
+		{"dial_timeout", c.Proxy.DialTimeout},
+		{"drain_timeout", c.Proxy.DrainTimeout},
+	} {
+		if d.v < 0 {
+			add([]string{"proxy", d.key}, "%s is negative; leave it out for the default", d.v)
+		}
+	}
+	if c.Proxy.MaxHeaderBytes < 0 {
+		add([]string{"proxy", "max_header_bytes"}, "%d is negative; leave it out for the default", c.Proxy.MaxHeaderBytes)
+	}
+	if c.Proxy.MaxConnections < 0 {
+		add([]string{"proxy", "max_connections"}, "%d is negative; leave it out for the default", c.Proxy.MaxConnections)
+	}
+	if len(c.Allowlist) == 0 {
+		add([]string{"allowlist"}, "no allowlist files or directories; add at least one, such as allowlist.d/")
+	}
+	for _, p := range c.Allowlist {
+		if p == "" {
+			add([]string{"allowlist"}, "empty path; remove it or name a file or directory")
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		add([]string{"log", "level"}, "%q is not a level; write debug, info, warn or error", c.Log.Level)
+	}
+	if c.Log.Format != "json" && c.Log.Format != "text" {
+		add([]string{"log", "format"}, "%q is not a format; write json or text", c.Log.Format)
+	}
+	if len(ps) > 0 {
+		return ps
+	}
+	return nil
+}
+
+// lineOf returns the line of the value at the key path in a decoded YAML document, or
+// of the deepest key found on the way, or 1.
+func lineOf(root *yaml.Node, keys ...string) int {
+	n := root
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	line := 1
+	for _, k := range keys {
+		if n.Kind != yaml.MappingNode {
+			break
+		}
+		found := false
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == k {
+				line, n, found = n.Content[i].Line, n.Content[i+1], true
+				break
+			}
+		}
+		if !found {
+			break
+		}
+	}
+	return line
+}

@@ -1,0 +1,75 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/egressd/egressd/configs"
+)
+
+func TestInvalidConfigs(t *testing.T) {
+	files, err := filepath.Glob("testdata/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no testdata configs: %v", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			want, err := os.ReadFile(strings.TrimSuffix(f, ".yaml") + ".err")
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := LoadFile(f)
+			if err == nil {
+				t.Fatalf("LoadFile(%s) = %+v; want an error", f, c)
+			}
+			if got, want := err.Error(), strings.TrimSpace(string(want)); got != want {
+				t.Errorf("LoadFile(%s) error:\n%s\nwant:\n%s", f, got, want)
+			}
+		})
+	}
+}
+
+func TestDefaultsAndRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "egressd.yaml")
+	if err := os.WriteFile(f, []byte("allowlist: [allow.d/, /etc/egressd/extra.txt]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadFile(f)
+	if err != nil {
+		t.Fatalf("LoadFile: %v", err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"mode", c.Mode, ModeEnforce},
+		{"proxy.listen", c.Proxy.Listen, "127.0.0.1:3128"},
+		{"metrics.listen", c.Metrics.Listen, "127.0.0.1:9090"},
+		{"proxy.dial_timeout", c.Proxy.DialTimeout, 10 * time.Second},
+		{"proxy.close_revoked_tunnels", *c.Proxy.CloseRevokedTunnels, true},
+		{"allowlist[0]", c.Allowlist[0], filepath.Join(dir, "allow.d")},
+		{"allowlist[1]", c.Allowlist[1], "/etc/egressd/extra.txt"},
+	}
+	for _, ch := range checks {
+		if ch.got != ch.want {
+			t.Errorf("%s = %v; want %v", ch.name, ch.got, ch.want)
+		}
+	}
+}
+
+func TestShippedConfigLoads(t *testing.T) {
+	if _, err := LoadFile("../../configs/egressd.yaml"); err != nil {
+		t.Fatalf("LoadFile(configs/egressd.yaml): %v", err)
+	}
+	e, err := LoadFS(configs.FS, configs.DefaultFile)
+	if err != nil {
+		t.Fatalf("LoadFS(embedded): %v", err)
+	}
+	if got := e.Allowlist; len(got) != 1 || got[0] != "allowlist.d" {
+		t.Errorf("embedded allowlist = %q; want [allowlist.d]", got)
+	}
+}
