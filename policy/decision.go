@@ -90,8 +90,12 @@ func (d Decision) Hint() string {
 		return fmt.Sprintf("a wildcard does not cover the domain itself (%s at %s); add %s",
 			d.related.Text, d.related.Location(), d.ruleTarget())
 	case hintPort:
-		return fmt.Sprintf("%s is allowed on port %s only (%s at %s); add %s",
-			d.Host, joinPorts(d.allowed), d.related.Text, d.related.Location(), d.Target())
+		word := "port"
+		if len(d.allowed) > 1 {
+			word = "ports"
+		}
+		return fmt.Sprintf("%s is allowed on %s %s only (%s at %s); add %s",
+			d.Host, word, joinPorts(d.allowed), d.related.Text, d.related.Location(), d.Target())
 	}
 	return fmt.Sprintf("add %s to an allowlist file", d.ruleTarget())
 }

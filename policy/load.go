@@ -197,3 +197,7 @@ func (OSFiles) Open(name string) (fs.File, error)          { return os.Open(name
 func (OSFiles) ReadFile(name string) ([]byte, error)       { return os.ReadFile(name) }
 func (OSFiles) ReadDir(name string) ([]fs.DirEntry, error) { return os.ReadDir(name) }
 func (OSFiles) Stat(name string) (fs.FileInfo, error)      { return os.Stat(name) }
+
+// FS is what allowlists are read from: OSFiles for the operating system's files, or
+// an embed.FS for the defaults built into the binary.
+type FS = fs.FS

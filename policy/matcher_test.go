@@ -49,7 +49,7 @@ func TestDecide(t *testing.T) {
 		{host: "wild.example.com", port: 443, reason: ReasonNotListed,
 			hint: `a wildcard does not cover the domain itself (*.wild.example.com at testdata/load/allow.txt:4); add wild.example.com`},
 		{host: "api.example.com", port: 8443, reason: ReasonPort,
-			hint: `api.example.com is allowed on port 80, 443 only (api.example.com at testdata/load/allow.txt:3); add api.example.com:8443`},
+			hint: `api.example.com is allowed on ports 80, 443 only (api.example.com at testdata/load/allow.txt:3); add api.example.com:8443`},
 		{host: "payments.example.org", port: 443, reason: ReasonPort,
 			hint: `payments.example.org is allowed on port 8443 only (payments.example.org:8443 at testdata/load/allow.txt:5); add payments.example.org:443`},
 		{host: "x.ports.example.net", port: 443, reason: ReasonPort,

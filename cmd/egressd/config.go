@@ -1,0 +1,53 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/egressd/egressd/configs"
+	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/policy"
+)
+
+// configFlag adds --config to fs.
+func configFlag(fs *flag.FlagSet) *string {
+	return fs.String("config", "", "the configuration `file`; if empty, the built-in default configuration")
+}
+
+// loadConfig reads the config named by --config, or the embedded default, and
+// returns it with the file system its allowlist paths refer to.
+func loadConfig(path string) (*config.Config, policy.FS, error) {
+	if path == "" {
+		c, err := config.LoadFS(configs.FS, configs.DefaultFile)
+		return c, configs.FS, err
+	}
+	c, err := config.LoadFile(path)
+	return c, policy.OSFiles{}, err
+}
+
+func policyOptions(c *config.Config) policy.Options {
+	ports := make([]uint16, len(c.Proxy.AllowedPorts))
+	for i, p := range c.Proxy.AllowedPorts {
+		ports[i] = uint16(p)
+	}
+	return policy.Options{AllowedPorts: ports}
+}
+
+// newLogger returns the process logger described by the config.
+func newLogger(c *config.Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.Log.Level)); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Log.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func printProblems(w io.Writer, err error) {
+	fmt.Fprintln(w, err)
+}

@@ -1,0 +1,128 @@
+// Command egressd is an egress allowlist forward proxy for serverless function pods.
+//
+// Its subcommands serve the proxy (the default), check a configuration, and explain
+// the decision for one target. main only wires the process to run, which tests call.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+)
+
+// version is stamped at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Exit codes shared by the subcommands.
+const (
+	exitOK    = 0
+	exitFail  = 1 // check found errors; explain denied; serve could not start
+	exitUsage = 2 // bad flags or arguments, or (for explain) a config error
+)
+
+type command struct {
+	name, args, summary string
+	run                 func(ctx context.Context, args []string, stdout, stderr io.Writer) int
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "[--config FILE]", "run the proxy (the default when no command is given)", runServe},
+		{"check", "[--config FILE]", "validate the config and every allowlist file; open no port", runCheck},
+		{"explain", "[--config FILE] HOST[:PORT] | URL", "say whether a target is allowed, by which rule, or why not", runExplain},
+		{"version", "", "print the version", runVersion},
+	}
+}
+
+// run is egressd's whole command line: it returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || (len(args[0]) > 0 && args[0][0] == '-' && !isHelp(args[0])) {
+		return runServe(ctx, args, stdout, stderr)
+	}
+	if isHelp(args[0]) || args[0] == "help" {
+		usage(stdout)
+		return exitOK
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return c.run(ctx, args[1:], stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "egressd: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return exitUsage
+}
+
+func isHelp(a string) bool { return a == "-h" || a == "-help" || a == "--help" }
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "egressd: an egress allowlist proxy for function pods.\n\nUsage:\n")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  egressd %-8s %-36s %s\n", c.name, c.args, c.summary)
+	}
+	fmt.Fprintf(w, "\nWith no --config, egressd uses the configuration built into it (configs/egressd.yaml).\nRun 'egressd COMMAND --help' for a command's flags.\n")
+}
+
+// newFlagSet returns a flag set for a subcommand whose errors and help go to stderr.
+func newFlagSet(name, args, summary string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: egressd %s %s\n\n%s.\n\nFlags:\n", name, args, summary)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses flags that may come before or after the positional arguments,
+// and returns the positional ones. ok is false with the exit code when parsing ended
+// the command (--help, or an error already printed).
+func parseFlags(fs *flag.FlagSet, args []string) (positional []string, code int, ok bool) {
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, exitOK, false
+			}
+			return nil, exitUsage, false
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return positional, 0, true
+		}
+		positional = append(positional, args[0])
+		args = args[1:]
+	}
+}
+
+func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("version", "", "print the version", stderr)
+	if _, code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	fmt.Fprintf(stdout, "egressd %s (%s)\n", versionString(), runtime.Version())
+	return exitOK
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}

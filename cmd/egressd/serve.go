@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/reload"
+	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/proxy"
+)
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("serve", "[--config FILE]", "Run the proxy, the metrics listener and the allowlist watcher until SIGTERM or SIGINT", stderr)
+	cfgPath := configFlag(fs)
+	pos, code, ok := parseFlags(fs, args)
+	if !ok {
+		return code
+	}
+	if len(pos) > 0 {
+		fmt.Fprintf(stderr, "egressd serve: unexpected argument %q\n", pos[0])
+		return exitUsage
+	}
+	c, fsys, err := loadConfig(*cfgPath)
+	if err != nil {
+		printProblems(stderr, err)
+		fmt.Fprintln(stderr, "egressd: not started: the configuration has errors (run 'egressd check' after fixing them)")
+		return exitFail
+	}
+	log := newLogger(c, stderr)
+	if err := serve(ctx, c, fsys, log); err != nil {
+		log.Error("egressd stopped", "error", err)
+		return exitFail
+	}
+	return exitOK
+}
+
+// serve runs egressd on c until ctx is done, then shuts down gracefully.
+func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	p, err := proxy.New(proxy.Options{
+		Report:              c.Mode == config.ModeReport,
+		DialTimeout:         c.Proxy.DialTimeout,
+		IdleTimeout:         c.Proxy.IdleTimeout,
+		ReadHeaderTimeout:   c.Proxy.ReadHeaderTimeout,
+		MaxHeaderBytes:      c.Proxy.MaxHeaderBytes,
+		MaxConnections:      c.Proxy.MaxConnections,
+		CloseRevokedTunnels: *c.Proxy.CloseRevokedTunnels,
+		Logger:              log,
+		Registerer:          reg,
+	})
+	if err != nil {
+		return err
+	}
+	reloader, err := reload.New(reload.Options{
+		FS:         fsys,
+		Paths:      c.Allowlist,
+		Policy:     policyOptions(c),
+		Apply:      p.SetPolicy,
+		Logger:     log,
+		Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	if err := reloader.Load(); err != nil {
+		return errors.New("the allowlist has errors; nothing was started (run 'egressd check' for the list)")
+	}
+
+	proxyLn, err := net.Listen("tcp", c.Proxy.Listen)
+	if err != nil {
+		return fmt.Errorf("proxy listener: %w", err)
+	}
+	metricsLn, err := net.Listen("tcp", c.Metrics.Listen)
+	if err != nil {
+		proxyLn.Close()
+		return fmt.Errorf("metrics listener: %w", err)
+	}
+	p.ProtectListener(metricsLn.Addr())
+	metricsSrv := &http.Server{
+		Handler:           metricsMux(reg, p),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+
+	errc := make(chan error, 3)
+	go func() { errc <- ignoreClosed(p.Serve(proxyLn)) }()
+	go func() { errc <- ignoreClosed(metricsSrv.Serve(metricsLn)) }()
+
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	if _, onDisk := fsys.(policy.OSFiles); onDisk {
+		go func() {
+			if err := reloader.Watch(watchCtx); err != nil {
+				log.Error("allowlist watcher stopped; edits need SIGHUP", "error", err)
+			}
+		}()
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	log.Info("egressd started", "version", versionString(), "mode", string(c.Mode),
+		"proxy", proxyLn.Addr().String(), "metrics", metricsLn.Addr().String(), "config", c.File)
+
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-hup:
+			log.Info("reload requested", "signal", "SIGHUP")
+			_ = reloader.Load()
+		case runErr = <-errc:
+			if runErr != nil {
+				break loop
+			}
+		}
+	}
+
+	log.Info("shutting down", "drain", c.Proxy.DrainTimeout)
+	stopWatch()
+	drainCtx, cancel := context.WithTimeout(context.Background(), c.Proxy.DrainTimeout)
+	defer cancel()
+	if err := p.Shutdown(drainCtx); err != nil {
+		log.Warn("proxy shutdown", "error", err)
+	}
+	_ = metricsSrv.Shutdown(drainCtx)
+	log.Info("egressd stopped")
+	return runErr
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// metricsMux serves /metrics from reg, and the liveness and readiness probes.
+func metricsMux(reg *prometheus.Registry, p *proxy.Proxy) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !p.Ready() {
+			http.Error(w, "not ready: no policy loaded or the proxy listener is not up", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	return mux
+}

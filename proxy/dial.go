@@ -1,0 +1,171 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Resolver looks up the addresses of a host name. *net.Resolver is one.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// dialer resolves a target once, checks every address, and dials only addresses it
+// checked, in order, falling back to the next one when a connection fails. It never
+// lets the operating system resolve a name, so what is dialled is what was checked.
+type dialer struct {
+	resolver Resolver
+	timeout  time.Duration
+	// own holds the addresses of egressd's own listeners; dialling one would be a loop.
+	own atomic.Pointer[[]netip.AddrPort]
+}
+
+// dialError is a failure to reach an upstream, with the status the client gets.
+type dialError struct {
+	status int    // 403 for a loop, 502 or 504 for upstream failures
+	reason string // a fixed word for metrics and the log: loop, dns, refused, timeout, other
+	target string
+	err    error
+}
+
+func (e *dialError) Error() string {
+	switch e.reason {
+	case reasonLoop:
+		return fmt.Sprintf("%s is egressd's own listener; a request through the proxy to itself would loop", e.target)
+	case "dns":
+		return fmt.Sprintf("cannot resolve %s: %v", e.target, e.err)
+	case "timeout":
+		return fmt.Sprintf("timed out connecting to %s", e.target)
+	case "refused":
+		return fmt.Sprintf("connection to %s refused", e.target)
+	}
+	return fmt.Sprintf("cannot connect to %s: %v", e.target, e.err)
+}
+
+func (e *dialError) Unwrap() error { return e.err }
+
+const reasonLoop = "loop"
+
+// addOwn records a listener address of this process, so that no request is proxied to it.
+func (d *dialer) addOwn(addr net.Addr) {
+	ap, err := netip.ParseAddrPort(addr.String())
+	if err != nil {
+		return
+	}
+	for {
+		old := d.own.Load()
+		var next []netip.AddrPort
+		if old != nil {
+			next = append(next, *old...)
+		}
+		next = append(next, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		if d.own.CompareAndSwap(old, &next) {
+			return
+		}
+	}
+}
+
+// isOwn reports whether dialling ap would reach one of egressd's own listeners. A
+// listener on an unspecified address (0.0.0.0, ::) is reached through any local
+// address; loopback is the one a request could name without knowing the pod's IP.
+func (d *dialer) isOwn(ap netip.AddrPort) bool {
+	own := d.own.Load()
+	if own == nil {
+		return false
+	}
+	for _, o := range *own {
+		if o.Port() != ap.Port() {
+			continue
+		}
+		if o.Addr() == ap.Addr() || o.Addr().IsUnspecified() && (ap.Addr().IsLoopback() || ap.Addr().IsUnspecified()) {
+			return true
+		}
+	}
+	return false
+}
+
+// resolve returns the addresses of host: the address itself for an IP literal.
+func (d *dialer) resolve(ctx context.Context, host string) ([]netip.Addr, error) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		return []netip.Addr{a.Unmap()}, nil
+	}
+	addrs, err := d.resolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, err
+	}
+	if len(addrs) == 0 {
+		return nil, errors.New("no addresses")
+	}
+	for i, a := range addrs {
+		addrs[i] = a.Unmap()
+	}
+	return addrs, nil
+}
+
+// dial connects to host:port. The returned connection is a *net.TCPConn.
+func (d *dialer) dial(ctx context.Context, host string, port uint16) (*net.TCPConn, error) {
+	target := net.JoinHostPort(host, strconv.Itoa(int(port)))
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	addrs, err := d.resolve(ctx, host)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, &dialError{status: http.StatusGatewayTimeout, reason: "timeout", target: target, err: err}
+		}
+		return nil, &dialError{status: http.StatusBadGateway, reason: "dns", target: target, err: err}
+	}
+	var lastErr error
+	var nd net.Dialer
+	for _, a := range addrs {
+		ap := netip.AddrPortFrom(a, port)
+		if d.isOwn(ap) {
+			lastErr = &dialError{status: http.StatusForbidden, reason: reasonLoop, target: target}
+			continue
+		}
+		c, err := nd.DialContext(ctx, "tcp", ap.String())
+		if err == nil {
+			return c.(*net.TCPConn), nil
+		}
+		lastErr = classify(target, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, lastErr
+}
+
+func classify(target string, err error) *dialError {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
+		return &dialError{status: http.StatusGatewayTimeout, reason: "timeout", target: target, err: err}
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return &dialError{status: http.StatusBadGateway, reason: "refused", target: target, err: err}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return &dialError{status: http.StatusGatewayTimeout, reason: "timeout", target: target, err: err}
+	}
+	return &dialError{status: http.StatusBadGateway, reason: "other", target: target, err: err}
+}
+
+// dialContext is the http.Transport's dialer for plain HTTP: the same checks as a tunnel.
+func (d *dialer) dialContext(ctx context.Context, _, addr string) (net.Conn, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("invalid port in %q", addr)
+	}
+	return d.dial(ctx, host, uint16(port))
+}

@@ -1,0 +1,71 @@
+package proxy
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the proxy's Prometheus metrics. Label values come from closed sets
+// (kinds, decisions, fixed reason words): never host names or client addresses.
+type metrics struct {
+	requests       *prometheus.CounterVec   // kind, decision
+	duration       *prometheus.HistogramVec // kind
+	tunnelsActive  prometheus.Gauge
+	tunnelBytes    *prometheus.CounterVec // direction
+	upstreamErrors *prometheus.CounterVec // reason
+	tunnelsClosed  *prometheus.CounterVec // reason
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressd_requests_total",
+			Help: "Proxy requests by kind (http, connect) and decision (allow, deny, report: denied but let through in report mode).",
+		}, []string{"kind", "decision"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "egressd_request_duration_seconds",
+			Help:    "Time to serve a plain HTTP request, or to decide and establish a CONNECT tunnel.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"kind"}),
+		tunnelsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "egressd_tunnels_active",
+			Help: "CONNECT tunnels open now.",
+		}),
+		tunnelBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressd_tunnel_bytes_total",
+			Help: "Bytes moved through CONNECT tunnels, counted when each direction ends: upstream is client to origin, downstream origin to client.",
+		}, []string{"direction"}),
+		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressd_upstream_errors_total",
+			Help: "Failures to reach an allowed upstream, by reason (refused, timeout, dns, other).",
+		}, []string{"reason"}),
+		tunnelsClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressd_tunnels_closed_total",
+			Help: "CONNECT tunnels closed, by reason (done, idle, revoked, shutdown).",
+		}, []string{"reason"}),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tunnelsActive, m.tunnelBytes, m.upstreamErrors, m.tunnelsClosed} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	// Initialise the label sets we know, so that series exist from the first scrape.
+	for _, k := range []string{kindHTTP, kindConnect} {
+		for _, d := range []string{decisionAllow, decisionDeny, decisionReport} {
+			m.requests.WithLabelValues(k, d)
+		}
+		m.duration.WithLabelValues(k)
+	}
+	for _, d := range []string{"upstream", "downstream"} {
+		m.tunnelBytes.WithLabelValues(d)
+	}
+	return m, nil
+}
+
+const (
+	kindHTTP    = "http"
+	kindConnect = "connect"
+
+	decisionAllow  = "allow"
+	decisionDeny   = "deny"
+	decisionReport = "report"
+)

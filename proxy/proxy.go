@@ -1,0 +1,400 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/elazarl/goproxy"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/egressd/egressd/policy"
+)
+
+// Options configure a Proxy. Zero values are documented per field.
+type Options struct {
+	// Report lets denied requests through, logging and counting them as "report".
+	Report bool
+	// DialTimeout bounds resolving and connecting to an upstream. If zero, 10s.
+	DialTimeout time.Duration
+	// IdleTimeout closes keep-alive connections and tunnels with no bytes in either
+	// direction after this long. If zero, 5m.
+	IdleTimeout time.Duration
+	// ReadHeaderTimeout bounds reading request headers. If zero, 10s.
+	ReadHeaderTimeout time.Duration
+	// MaxHeaderBytes bounds request headers. If zero, 64 KiB.
+	MaxHeaderBytes int
+	// MaxConnections bounds concurrent client connections, tunnels included; past it
+	// a request gets 503. If zero, 4096.
+	MaxConnections int
+	// CloseRevokedTunnels closes an open tunnel when SetPolicy installs a policy that
+	// no longer allows its target.
+	CloseRevokedTunnels bool
+	// Resolver resolves upstream names. If nil, net.DefaultResolver.
+	Resolver Resolver
+	// LocalHandler serves requests in origin form ("GET /path"), which are for egressd
+	// itself and never forwarded. If nil, they get 404.
+	LocalHandler http.Handler
+	// Logger receives the access log and errors. If nil, logs are discarded.
+	Logger *slog.Logger
+	// Registerer receives the proxy's metrics. If nil, they are not registered.
+	Registerer prometheus.Registerer
+	// Now is the clock for durations. If nil, time.Now.
+	Now func() time.Time
+}
+
+// Proxy is the forward proxy. Create it with New, give it a policy with SetPolicy,
+// then Serve a listener.
+type Proxy struct {
+	opts    Options
+	log     *slog.Logger
+	metrics *metrics
+	policy  atomic.Pointer[policy.Matcher]
+	dialer  *dialer
+	gp      *goproxy.ProxyHttpServer
+	srv     *http.Server
+	tunnels *tunnelSet
+	conns   atomic.Int64 // client connections open, tunnels included
+	ready   atomic.Bool
+}
+
+// New returns a Proxy. It starts nothing: no listener, no goroutine.
+func New(opts Options) (*Proxy, error) {
+	setDefault(&opts.DialTimeout, 10*time.Second)
+	setDefault(&opts.IdleTimeout, 5*time.Minute)
+	setDefault(&opts.ReadHeaderTimeout, 10*time.Second)
+	setDefault(&opts.MaxHeaderBytes, 64<<10)
+	setDefault(&opts.MaxConnections, 4096)
+	if opts.Resolver == nil {
+		opts.Resolver = net.DefaultResolver
+	}
+	if opts.LocalHandler == nil {
+		opts.LocalHandler = http.NotFoundHandler()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("registering proxy metrics: %w", err)
+	}
+	p := &Proxy{
+		opts:    opts,
+		log:     opts.Logger,
+		metrics: m,
+		dialer:  &dialer{resolver: opts.Resolver, timeout: opts.DialTimeout},
+		tunnels: newTunnelSet(),
+	}
+	p.gp = p.newGoproxy()
+	p.srv = &http.Server{
+		Handler:           p,
+		ReadHeaderTimeout: opts.ReadHeaderTimeout,
+		IdleTimeout:       opts.IdleTimeout,
+		MaxHeaderBytes:    opts.MaxHeaderBytes,
+		ConnState:         p.trackConn,
+		ErrorLog:          slog.NewLogLogger(opts.Logger.Handler(), slog.LevelDebug),
+	}
+	return p, nil
+}
+
+func setDefault[T comparable](p *T, def T) {
+	var zero T
+	if *p == zero {
+		*p = def
+	}
+}
+
+// newGoproxy configures goproxy: our handlers decide, our transport dials, and
+// nothing is taken from the environment (goproxy reads HTTP_PROXY by default, which
+// in a pod points at egressd itself).
+func (p *Proxy) newGoproxy() *goproxy.ProxyHttpServer {
+	gp := goproxy.NewProxyHttpServer()
+	gp.Logger = goproxyLogger{p.log}
+	gp.Verbose = false
+	gp.KeepAcceptEncoding = true
+	gp.ConnectDial = nil
+	gp.Tr = &http.Transport{
+		Proxy:                 nil,
+		DialContext:           p.dialer.dialContext,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       p.opts.IdleTimeout,
+		TLSHandshakeTimeout:   p.opts.DialTimeout,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true, // pass the client's Accept-Encoding and bodies as they are
+		ForceAttemptHTTP2:     false,
+	}
+	gp.NonproxyHandler = p.opts.LocalHandler
+	gp.OnRequest().DoFunc(p.onRequest)
+	gp.OnResponse().DoFunc(p.onResponse)
+	gp.OnRequest().HandleConnectFunc(p.onConnect)
+	return gp
+}
+
+// SetPolicy installs m for every request decided from now on. Requests in flight
+// keep the decision they had; open tunnels that m no longer allows are closed when
+// Options.CloseRevokedTunnels is set.
+func (p *Proxy) SetPolicy(m *policy.Matcher) {
+	p.policy.Store(m)
+	if p.opts.CloseRevokedTunnels && !p.opts.Report {
+		p.tunnels.revoke(m, p.log)
+	}
+}
+
+// Policy returns the policy in force, or nil before the first SetPolicy.
+func (p *Proxy) Policy() *policy.Matcher { return p.policy.Load() }
+
+// ProtectListener records the address of another listener of this process (such as
+// the metrics listener), so that no request is ever proxied to it.
+func (p *Proxy) ProtectListener(addr net.Addr) { p.dialer.addOwn(addr) }
+
+// Ready reports whether the proxy has a policy and is serving.
+func (p *Proxy) Ready() bool { return p.ready.Load() && p.policy.Load() != nil }
+
+// Serve accepts connections on ln until Shutdown. It returns http.ErrServerClosed
+// after a shutdown.
+func (p *Proxy) Serve(ln net.Listener) error {
+	if p.policy.Load() == nil {
+		return errors.New("proxy: Serve called before SetPolicy")
+	}
+	p.dialer.addOwn(ln.Addr())
+	stop := p.tunnels.sweepIdle(p.opts.IdleTimeout, p.metrics, p.log)
+	defer stop()
+	p.ready.Store(true)
+	defer p.ready.Store(false)
+	return p.srv.Serve(ln)
+}
+
+// Shutdown stops accepting, lets requests and tunnels in flight finish until ctx is
+// done, then closes what is left.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.ready.Store(false)
+	err := p.srv.Shutdown(ctx)
+	// Hijacked tunnels are not the server's to wait for; they are ours.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for p.tunnels.len() > 0 && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-tick.C:
+		}
+	}
+	if n := p.tunnels.closeAll(closeShutdown); n > 0 {
+		p.log.Info("tunnels closed at shutdown", "tunnels", n)
+	}
+	p.gp.Tr.CloseIdleConnections()
+	if errors.Is(err, context.DeadlineExceeded) {
+		p.srv.Close()
+		return nil
+	}
+	return err
+}
+
+// trackConn counts client connections for MaxConnections. A hijacked connection
+// (a tunnel) stays counted until its tunnel ends.
+func (p *Proxy) trackConn(_ net.Conn, state http.ConnState) {
+	switch state {
+	case http.StateNew:
+		p.conns.Add(1)
+	case http.StateClosed:
+		p.conns.Add(-1)
+	}
+}
+
+// ServeHTTP is the proxy's entry point for every request on its listener.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodConnect && !r.URL.IsAbs() {
+		p.opts.LocalHandler.ServeHTTP(w, r)
+		return
+	}
+	ex := &exchange{start: p.opts.Now(), client: r.RemoteAddr, method: r.Method}
+	if p.conns.Load() > int64(p.opts.MaxConnections) {
+		w.Header().Set("Connection", "close")
+		http.Error(w, "egressd: too many connections; try again later", http.StatusServiceUnavailable)
+		ex.status = http.StatusServiceUnavailable
+		ex.reason = "too many connections"
+		p.accessLog(ex)
+		return
+	}
+	rec := &recorder{ResponseWriter: w}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &countingBody{ReadCloser: r.Body, n: &ex.up}
+	}
+	r = r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex))
+	p.gp.ServeHTTP(rec, r)
+	if rec.hijacked {
+		p.conns.Add(-1) // the server reports no StateClosed for a hijacked connection
+	}
+	if ex.status == 0 {
+		ex.status = rec.status
+	}
+	if ex.kind == kindHTTP {
+		ex.down = rec.bytes
+		p.metrics.duration.WithLabelValues(kindHTTP).Observe(p.opts.Now().Sub(ex.start).Seconds())
+	}
+	p.accessLog(ex)
+}
+
+// exchange is what the access log says about one request or tunnel. It travels in
+// the request's context through goproxy's handlers.
+type exchange struct {
+	start    time.Time
+	client   string
+	method   string
+	kind     string
+	target   string
+	decision string // allow, deny, report
+	rule     *policy.Rule
+	reason   string
+	status   int
+	up, down int64
+	closedBy string // for tunnels: done, idle, revoked, shutdown
+	// closeAfter closes the client connection after the response: the request's
+	// framing was ambiguous.
+	closeAfter bool
+}
+
+type exchangeKey struct{}
+
+func exchangeOf(r *http.Request) *exchange {
+	if ex, ok := r.Context().Value(exchangeKey{}).(*exchange); ok {
+		return ex
+	}
+	return &exchange{}
+}
+
+// decide asks the policy about host:port and records the outcome in ex and the
+// metrics. It returns whether the request may proceed (allowed, or report mode).
+func (p *Proxy) decide(ex *exchange, kind, host string, port uint16) (policy.Decision, bool) {
+	d := p.policy.Load().Decide(host, port)
+	ex.kind, ex.target, ex.rule, ex.reason = kind, d.Target(), d.Rule, string(d.Reason)
+	switch {
+	case d.Allow:
+		ex.decision = decisionAllow
+	case p.opts.Report:
+		ex.decision = decisionReport
+	default:
+		ex.decision = decisionDeny
+	}
+	p.metrics.requests.WithLabelValues(kind, ex.decision).Inc()
+	return d, ex.decision != decisionDeny
+}
+
+// accessLog writes the one line each request or tunnel gets.
+func (p *Proxy) accessLog(ex *exchange) {
+	attrs := []slog.Attr{
+		slog.String("client", ex.client),
+		slog.String("method", ex.method),
+		slog.String("target", ex.target),
+		slog.String("decision", ex.decision),
+		slog.String("reason", ex.reason),
+		slog.Int("status", ex.status),
+		slog.Int64("bytes_up", ex.up),
+		slog.Int64("bytes_down", ex.down),
+		slog.Float64("duration_seconds", p.opts.Now().Sub(ex.start).Seconds()),
+	}
+	if ex.rule != nil {
+		attrs = append(attrs, slog.String("rule", ex.rule.Text), slog.String("rule_at", ex.rule.Location()))
+	}
+	if ex.closedBy != "" {
+		attrs = append(attrs, slog.String("closed", ex.closedBy))
+	}
+	p.log.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
+}
+
+// denyText is the body of a 403: one line a person can act on.
+func denyText(d policy.Decision) string {
+	return fmt.Sprintf("egressd: denied %s: %s; hint: %s\n", d.Target(), d.Reason, d.Hint())
+}
+
+// headerDenied carries the reason of a denial, for programs.
+const headerDenied = "X-Egressd-Denied"
+
+// recorder remembers the status and body size of a response. Its Hijack keeps bytes
+// that the client sent early (a pipelined TLS ClientHello after CONNECT), which
+// goproxy's ConnectHijack would otherwise drop.
+type recorder struct {
+	http.ResponseWriter
+	status   int
+	bytes    int64
+	hijacked bool
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	n, err := r.ResponseWriter.Write(b)
+	r.bytes += int64(n)
+	return n, err
+}
+
+func (r *recorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, rw, err := http.NewResponseController(r.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	r.hijacked = true
+	if n := rw.Reader.Buffered(); n > 0 {
+		early := make([]byte, n)
+		if _, err := io.ReadFull(rw.Reader, early); err != nil {
+			c.Close()
+			return nil, nil, err
+		}
+		c = &earlyConn{Conn: c, early: early}
+	}
+	return c, rw, nil
+}
+
+// earlyConn is a hijacked client connection with bytes the server had already read.
+type earlyConn struct {
+	net.Conn
+	early []byte
+}
+
+// countingBody counts the request body bytes sent upstream.
+type countingBody struct {
+	io.ReadCloser
+	n *int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	*b.n += int64(n)
+	return n, err
+}
+
+// goproxyLogger sends goproxy's own messages to the debug log.
+type goproxyLogger struct{ log *slog.Logger }
+
+func (l goproxyLogger) Printf(format string, v ...any) {
+	l.log.Debug("goproxy", "msg", fmt.Sprintf(format, v...))
+}

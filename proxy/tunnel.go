@@ -1,0 +1,168 @@
+package proxy
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/egressd/egressd/policy"
+)
+
+// Why a tunnel was closed.
+const (
+	closeDone     = "done"     // both directions ended
+	closeIdle     = "idle"     // no bytes either way for IdleTimeout
+	closeRevoked  = "revoked"  // a reload removed the rule that allowed it
+	closeShutdown = "shutdown" // the drain time ran out
+)
+
+// tunnel is one CONNECT tunnel. Both ends are raw connections (normally
+// *net.TCPConn), so io.Copy ends up in TCPConn.ReadFrom and Linux splice moves the
+// bytes without copying them through user space.
+type tunnel struct {
+	client   net.Conn
+	upstream *net.TCPConn
+	host     string
+	port     uint16
+	reason   atomic.Pointer[string]
+}
+
+// run moves bytes both ways until both directions end, and returns the bytes moved
+// from client to upstream and back. early are client bytes read before the tunnel.
+func (t *tunnel) run(early []byte) (up, down int64) {
+	if len(early) > 0 {
+		n, err := t.upstream.Write(early)
+		up += int64(n)
+		if err != nil {
+			t.close(closeDone)
+			return up, 0
+		}
+	}
+	upDone := make(chan int64, 1)
+	go copyClientToUpstream(t, upDone)
+	down = halfCopy(t.client, t.upstream)
+	up += <-upDone
+	t.close(closeDone)
+	return up, down
+}
+
+// copyClientToUpstream is the tunnel's second goroutine, named so that a goroutine
+// dump says what it is.
+func copyClientToUpstream(t *tunnel, done chan<- int64) {
+	done <- halfCopy(t.upstream, t.client)
+}
+
+// closeWriter is a connection that can half-close: *net.TCPConn.
+type closeWriter interface{ CloseWrite() error }
+
+// halfCopy copies src to dst until src ends. A clean end (EOF) is passed on as a
+// half-close, so the other direction keeps going; an error ends both.
+func halfCopy(dst, src net.Conn) int64 {
+	n, err := io.Copy(dst, src)
+	if cw, ok := dst.(closeWriter); ok && err == nil {
+		cw.CloseWrite()
+		return n
+	}
+	dst.Close()
+	src.Close()
+	return n
+}
+
+// close ends the tunnel; the first reason given is the one reported.
+func (t *tunnel) close(reason string) {
+	t.reason.CompareAndSwap(nil, &reason)
+	t.client.Close()
+	t.upstream.Close()
+}
+
+func (t *tunnel) closeReason() string {
+	if r := t.reason.Load(); r != nil {
+		return *r
+	}
+	return closeDone
+}
+
+// tunnelSet is the open tunnels, for revocation, idle sweeps and shutdown. Its lock
+// is taken when a tunnel opens or closes and by those sweeps, never per byte.
+type tunnelSet struct {
+	mu sync.Mutex
+	m  map[*tunnel]struct{}
+}
+
+func newTunnelSet() *tunnelSet { return &tunnelSet{m: map[*tunnel]struct{}{}} }
+
+func (s *tunnelSet) add(t *tunnel) {
+	s.mu.Lock()
+	s.m[t] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *tunnelSet) remove(t *tunnel) {
+	s.mu.Lock()
+	delete(s.m, t)
+	s.mu.Unlock()
+}
+
+func (s *tunnelSet) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
+}
+
+// each calls f for every open tunnel, under the lock: f must not block.
+func (s *tunnelSet) each(f func(*tunnel)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for t := range s.m {
+		f(t)
+	}
+}
+
+// revoke closes the tunnels that m does not allow.
+func (s *tunnelSet) revoke(m *policy.Matcher, log *slog.Logger) {
+	s.each(func(t *tunnel) {
+		if d := m.Decide(t.host, t.port); !d.Allow {
+			log.Info("tunnel revoked", "target", d.Target(), "reason", string(d.Reason))
+			t.close(closeRevoked)
+		}
+	})
+}
+
+func (s *tunnelSet) closeAll(reason string) int {
+	n := 0
+	s.each(func(t *tunnel) {
+		t.close(reason)
+		n++
+	})
+	return n
+}
+
+// sweepIdle closes, every so often, the tunnels that have moved no byte in either
+// direction for idle. It reads the kernel's own record of the client socket's last
+// data sent and received (TCP_INFO), which covers both directions, so the copy
+// loops stay plain splices with no per-byte bookkeeping. It returns a stop function.
+func (s *tunnelSet) sweepIdle(idle time.Duration, m *metrics, log *slog.Logger) (stop func()) {
+	every := min(max(idle/4, 10*time.Millisecond), time.Second)
+	tick := time.NewTicker(every)
+	done := make(chan struct{})
+	go func() {
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				s.each(func(t *tunnel) {
+					if quiet, ok := quietFor(t.client); ok && quiet >= idle {
+						log.Debug("tunnel idle", "target", t.host, "quiet", quiet)
+						t.close(closeIdle)
+					}
+				})
+			}
+		}
+	}()
+	return func() { close(done) }
+}
