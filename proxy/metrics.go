@@ -58,6 +58,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, d := range []string{"upstream", "downstream"} {
 		m.tunnelBytes.WithLabelValues(d)
 	}
+	for _, r := range []string{"refused", "timeout", "dns", "other"} {
+		m.upstreamErrors.WithLabelValues(r)
+	}
 	return m, nil
 }
 

@@ -134,7 +134,7 @@ loop:
 		}
 	}
 
-	log.Info("shutting down", "drain", c.Proxy.DrainTimeout)
+	log.Info("shutting down", "drain", c.Proxy.DrainTimeout.String())
 	stopWatch()
 	drainCtx, cancel := context.WithTimeout(context.Background(), c.Proxy.DrainTimeout)
 	defer cancel()

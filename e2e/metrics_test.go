@@ -1,0 +1,144 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMetricsAndHealth(t *testing.T) {
+	t.Parallel()
+	origin := httpOrigin(t)
+	echo := echoOrigin(t)
+	d := startDaemon(t, daemonConfig{files: map[string]string{
+		"allow.d/a.txt": origin.Listener.Addr().String() + "\n" + echo + "\n",
+	}})
+	target := "http://" + origin.Listener.Addr().String() + "/"
+	for i := 0; i < 3; i++ {
+		if got := d.status(target); got != 200 {
+			t.Fatalf("allowed request %d = %d", i, got)
+		}
+	}
+	if got := d.status("http://denied.invalid/"); got != 403 {
+		t.Fatalf("denied request = %d", got)
+	}
+	c := openTunnel(t, d.proxy, echo)
+	if err := roundTrip(c, "0123456789"); err != nil {
+		t.Fatal(err)
+	}
+	if v := d.metric("egressd_tunnels_active"); v != 1 {
+		t.Errorf("egressd_tunnels_active with one tunnel open = %v; want 1", v)
+	}
+	c.Close()
+	d.waitLog(`"closed":"done"`, 5*time.Second)
+
+	text := d.scrape()
+	want := map[string]float64{
+		`egressd_requests_total{decision="allow",kind="http"}`:    3,
+		`egressd_requests_total{decision="deny",kind="http"}`:     1,
+		`egressd_requests_total{decision="allow",kind="connect"}`: 1,
+		`egressd_tunnels_active`:                                  0,
+		`egressd_tunnel_bytes_total{direction="upstream"}`:        10,
+		`egressd_tunnel_bytes_total{direction="downstream"}`:      10,
+		`egressd_policy_rules`:                                    2,
+		`egressd_policy_reloads_total{result="success"}`:          1,
+		`egressd_policy_last_reload_success`:                      1,
+		`egressd_request_duration_seconds_count{kind="http"}`:     4,
+	}
+	for series, v := range want {
+		if got := d.metric(series); got != v {
+			t.Errorf("%s = %v; want %v", series, got, v)
+		}
+	}
+	for _, name := range []string{"egressd_policy_last_reload_timestamp_seconds", "egressd_upstream_errors_total", "go_goroutines", "process_resident_memory_bytes"} {
+		if !strings.Contains(text, "\n"+name) {
+			t.Errorf("metric %s missing", name)
+		}
+	}
+	for _, bad := range []string{"denied.invalid", "127.0.0.1"} {
+		if strings.Contains(text, bad) {
+			t.Errorf("metrics contain %q: labels must not hold hosts or addresses", bad)
+		}
+	}
+	promtoolCheck(t, text)
+
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200} {
+		resp, err := http.Get("http://" + d.metrics + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s = %d; want %d", path, resp.StatusCode, want)
+		}
+	}
+}
+
+// promtoolCheck runs `promtool check metrics` on an exposition.
+func promtoolCheck(t *testing.T, text string) {
+	t.Helper()
+	path, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatal("promtool is not installed: apt-get install prometheus (.ci/run does)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, path, "check", "metrics")
+	cmd.Stdin = strings.NewReader(text)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out.String())
+	}
+}
+
+func TestReportMode(t *testing.T) {
+	t.Parallel()
+	origin := httpOrigin(t)
+	d := startDaemon(t, daemonConfig{extra: "mode: report\n", files: map[string]string{"allow.d/a.txt": "other.invalid\n"}})
+	if got := d.status("http://" + origin.Listener.Addr().String() + "/"); got != 200 {
+		t.Errorf("report mode: unlisted target = %d; want 200 (let through)", got)
+	}
+	line := d.waitLog(`"decision":"report"`, 2*time.Second)
+	if !strings.Contains(line, `"reason":"ip address not on the allowlist"`) {
+		t.Errorf("report line lacks the reason: %s", line)
+	}
+	if v := d.metric(`egressd_requests_total{decision="report",kind="http"}`); v != 1 {
+		t.Errorf("report count = %v; want 1", v)
+	}
+}
+
+func TestConnectionLimit(t *testing.T) {
+	t.Parallel()
+	echo := echoOrigin(t)
+	origin := httpOrigin(t)
+	d := startDaemon(t, daemonConfig{
+		proxy: "  max_connections: 1\n",
+		files: map[string]string{"allow.d/a.txt": echo + "\n" + origin.Listener.Addr().String() + "\n"},
+	})
+	c := openTunnel(t, d.proxy, echo)
+	defer c.Close()
+	resp, err := d.client().Get("http://" + origin.Listener.Addr().String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 {
+		t.Errorf("second connection = %d %q; want 503", resp.StatusCode, body)
+	}
+	if got, _ := openTunnelErr(d.proxy, echo); !strings.HasPrefix(got, "HTTP/1.1 503") {
+		t.Errorf("CONNECT over the limit = %q; want 503", got)
+	}
+	c.Close()
+	// The slot comes back when the tunnel ends.
+	d.waitLog(`"closed":"done"`, 5*time.Second)
+	if got := d.status("http://" + origin.Listener.Addr().String() + "/"); got != 200 {
+		t.Errorf("after the tunnel closed = %d; want 200", got)
+	}
+}
