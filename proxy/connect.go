@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -35,52 +36,79 @@ func (p *Proxy) onConnect(hostport string, ctx *goproxy.ProxyCtx) (*goproxy.Conn
 	}
 	return &goproxy.ConnectAction{
 		Action: goproxy.ConnectHijack,
-		Hijack: func(_ *http.Request, client net.Conn, _ *goproxy.ProxyCtx) { p.serveTunnel(ex, d, client) },
+		Hijack: func(_ *http.Request, client net.Conn, _ *goproxy.ProxyCtx) { p.startTunnel(ex, d, client) },
 	}, hostport
 }
 
-// serveTunnel dials the decided target, answers 200, and moves bytes until both
-// directions end. It runs in the client connection's goroutine and returns when the
-// tunnel is closed, so the access log line is written once, with the byte counts.
-func (p *Proxy) serveTunnel(ex *exchange, d policy.Decision, client net.Conn) {
-	defer client.Close()
+// startTunnel dials the decided target and answers 200, in the HTTP handler's
+// goroutine, then hands the bytes to two fresh copier goroutines and returns. An
+// idle tunnel so keeps only two shallow stacks alive, not the handler's deep one
+// (grown by parsing and dialling), the request, or net/http's buffers. The tunnel
+// owns ex from then on and writes the access log line when it ends.
+func (p *Proxy) startTunnel(ex *exchange, d policy.Decision, client net.Conn) {
 	upstream, err := p.dialer.dial(context.Background(), d.Host, d.Port)
 	if err != nil {
-		de := err.(*dialError)
-		ex.status, ex.reason = de.status, de.reason
-		body := "egressd: " + de.Error() + "\n"
-		header := ""
-		if de.reason == reasonLoop {
-			ex.decision = decisionDeny
-			body = "egressd: denied " + de.target + ": " + de.Error() + "\n"
-			header = headerDenied + ": proxy loop\r\n"
-		} else {
-			p.metrics.upstreamErrors.WithLabelValues(de.reason).Inc()
-		}
-		fmt.Fprintf(client, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%sConnection: close\r\n\r\n%s",
-			de.status, http.StatusText(de.status), len(body), header, body)
+		p.refuseTunnel(ex, d, client, err)
+		client.Close()
 		return
 	}
 	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		upstream.Close()
+		client.Close()
 		ex.status, ex.reason = 499, "client gone"
 		return
 	}
 	ex.status = http.StatusOK
 	p.metrics.duration.WithLabelValues(kindConnect).Observe(p.opts.Now().Sub(ex.start).Seconds())
 
-	var early []byte
 	if ec, ok := client.(*earlyConn); ok {
-		client, early = ec.Conn, ec.early
+		client = ec.Conn
+		n, err := upstream.Write(ec.early)
+		ex.up += int64(n)
+		if err != nil {
+			upstream.Close()
+			client.Close()
+			return
+		}
 	}
-	t := &tunnel{client: client, upstream: upstream, host: d.Host, port: d.Port}
+	t := &tunnel{client: client, upstream: upstream, host: d.Host, port: d.Port, ex: ex, end: p.endTunnel}
+	ex.detached = true
 	p.tunnels.add(t)
 	p.metrics.tunnelsActive.Inc()
-	ex.up, ex.down = t.run(early)
+	t.start()
+}
+
+// endTunnel runs once, when both directions of t have ended.
+func (p *Proxy) endTunnel(t *tunnel) {
 	p.tunnels.remove(t)
 	p.metrics.tunnelsActive.Dec()
+	ex := t.ex
+	ex.up += t.up
+	ex.down = t.down
 	p.metrics.tunnelBytes.WithLabelValues("upstream").Add(float64(ex.up))
 	p.metrics.tunnelBytes.WithLabelValues("downstream").Add(float64(ex.down))
 	ex.closedBy = t.closeReason()
 	p.metrics.tunnelsClosed.WithLabelValues(ex.closedBy).Inc()
+	p.finishDetached(ex)
+}
+
+// refuseTunnel answers a CONNECT whose upstream could not be reached: 502 or 504
+// naming the target, or 403 for a loop to egressd's own listener.
+func (p *Proxy) refuseTunnel(ex *exchange, d policy.Decision, client net.Conn, err error) {
+	var de *dialError
+	if !errors.As(err, &de) {
+		de = &dialError{status: http.StatusBadGateway, reason: "other", target: d.Target(), err: err}
+	}
+	ex.status, ex.reason = de.status, de.reason
+	body := "egressd: " + de.Error() + "\n"
+	header := ""
+	if de.reason == reasonLoop {
+		ex.decision = decisionDeny
+		body = "egressd: denied " + de.target + ": " + de.Error() + "\n"
+		header = headerDenied + ": proxy loop\r\n"
+	} else {
+		p.metrics.upstreamErrors.WithLabelValues(de.reason).Inc()
+	}
+	fmt.Fprintf(client, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%sConnection: close\r\n\r\n%s",
+		de.status, http.StatusText(de.status), len(body), header, body)
 }

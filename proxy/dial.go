@@ -55,11 +55,19 @@ func (e *dialError) Unwrap() error { return e.err }
 
 const reasonLoop = "loop"
 
-// addOwn records a listener address of this process, so that no request is proxied to it.
+// addOwn records a listener address of this process, so that no request is proxied
+// to it. A listener on an unspecified address (0.0.0.0, ::) is reached through every
+// local address, so each of those is recorded with its port.
 func (d *dialer) addOwn(addr net.Addr) {
 	ap, err := netip.ParseAddrPort(addr.String())
 	if err != nil {
 		return
+	}
+	add := []netip.AddrPort{netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
+	if ap.Addr().IsUnspecified() {
+		for _, a := range localAddrs() {
+			add = append(add, netip.AddrPortFrom(a, ap.Port()))
+		}
 	}
 	for {
 		old := d.own.Load()
@@ -67,16 +75,30 @@ func (d *dialer) addOwn(addr net.Addr) {
 		if old != nil {
 			next = append(next, *old...)
 		}
-		next = append(next, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		next = append(next, add...)
 		if d.own.CompareAndSwap(old, &next) {
 			return
 		}
 	}
 }
 
-// isOwn reports whether dialling ap would reach one of egressd's own listeners. A
-// listener on an unspecified address (0.0.0.0, ::) is reached through any local
-// address; loopback is the one a request could name without knowing the pod's IP.
+// localAddrs returns the addresses of this machine's interfaces.
+func localAddrs() []netip.Addr {
+	ifaddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, ia := range ifaddrs {
+		if p, err := netip.ParsePrefix(ia.String()); err == nil {
+			out = append(out, p.Addr().Unmap())
+		}
+	}
+	return out
+}
+
+// isOwn reports whether dialling ap would reach one of egressd's own listeners. Any
+// loopback or unspecified address reaches a listener on an unspecified address.
 func (d *dialer) isOwn(ap netip.AddrPort) bool {
 	own := d.own.Load()
 	if own == nil {

@@ -235,6 +235,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	r = r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex))
 	p.gp.ServeHTTP(rec, r)
+	if ex.detached {
+		return // a tunnel: it logs and releases its connection slot when it ends
+	}
 	if rec.hijacked {
 		p.conns.Add(-1) // the server reports no StateClosed for a hijacked connection
 	}
@@ -245,6 +248,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ex.down = rec.bytes
 		p.metrics.duration.WithLabelValues(kindHTTP).Observe(p.opts.Now().Sub(ex.start).Seconds())
 	}
+	p.accessLog(ex)
+}
+
+// finishDetached ends an exchange that left its HTTP handler: a tunnel.
+func (p *Proxy) finishDetached(ex *exchange) {
+	p.conns.Add(-1) // a hijacked connection gets no StateClosed from the server
 	p.accessLog(ex)
 }
 
@@ -265,6 +274,8 @@ type exchange struct {
 	// closeAfter closes the client connection after the response: the request's
 	// framing was ambiguous.
 	closeAfter bool
+	// detached is set when a tunnel takes the exchange over from its HTTP handler.
+	detached bool
 }
 
 type exchangeKey struct{}

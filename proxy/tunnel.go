@@ -27,32 +27,38 @@ type tunnel struct {
 	upstream *net.TCPConn
 	host     string
 	port     uint16
+	ex       *exchange
+	end      func(*tunnel) // called once, by the copier that finishes last
+
+	up, down int64        // bytes moved, each written by its own copier
+	running  atomic.Int32 // copiers still running
 	reason   atomic.Pointer[string]
 }
 
-// run moves bytes both ways until both directions end, and returns the bytes moved
-// from client to upstream and back. early are client bytes read before the tunnel.
-func (t *tunnel) run(early []byte) (up, down int64) {
-	if len(early) > 0 {
-		n, err := t.upstream.Write(early)
-		up += int64(n)
-		if err != nil {
-			t.close(closeDone)
-			return up, 0
-		}
-	}
-	upDone := make(chan int64, 1)
-	go copyClientToUpstream(t, upDone)
-	down = halfCopy(t.client, t.upstream)
-	up += <-upDone
-	t.close(closeDone)
-	return up, down
+// start runs the two copiers, each on a goroutine of its own.
+func (t *tunnel) start() {
+	t.running.Store(2)
+	go copyClientToUpstream(t)
+	go copyUpstreamToClient(t)
 }
 
-// copyClientToUpstream is the tunnel's second goroutine, named so that a goroutine
-// dump says what it is.
-func copyClientToUpstream(t *tunnel, done chan<- int64) {
-	done <- halfCopy(t.upstream, t.client)
+// copyClientToUpstream and copyUpstreamToClient are the tunnel's goroutines, named
+// so that a goroutine dump says what they are.
+func copyClientToUpstream(t *tunnel) {
+	t.up = halfCopy(t.upstream, t.client)
+	t.copierDone()
+}
+
+func copyUpstreamToClient(t *tunnel) {
+	t.down = halfCopy(t.client, t.upstream)
+	t.copierDone()
+}
+
+func (t *tunnel) copierDone() {
+	if t.running.Add(-1) == 0 {
+		t.close(closeDone)
+		t.end(t)
+	}
 }
 
 // closeWriter is a connection that can half-close: *net.TCPConn.

@@ -107,7 +107,7 @@ func (r *Reloader) Load() error {
 		r.status.Store(st)
 		r.metrics.reloads.WithLabelValues("failure").Inc()
 		r.metrics.lastSuccess.Set(0)
-		if prev != nil && prev.Rules+len(prev.Files) > 0 {
+		if prev != nil {
 			r.log.Warn("policy reload failed; the last good policy stays in force", "errors", len(problems), "rules", prev.Rules)
 		}
 		return err

@@ -1,0 +1,488 @@
+// Command bench measures egressd against no proxy at all, on loopback, in one run:
+// CONNECT throughput, plain-HTTP requests per second with latency, new CONNECT
+// tunnels per second, and resident memory per idle tunnel.
+//
+// On 2 cores the load generator competes with the proxy, so each workload runs in
+// interleaved rounds (proxy, direct, proxy, direct, ...) and the medians are
+// reported, with the ratio of proxy to direct. Every address it touches is on
+// 127.0.0.1; every loop is bounded in time and count.
+//
+//	go run ./bench            # all workloads, 5 rounds each
+//	go run ./bench -quick     # a smoke run: small sizes, 1 round
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+type settings struct {
+	rounds      int
+	bytes       int64
+	httpClients int
+	tunnelConc  int
+	duration    time.Duration
+	idle        int
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var s settings
+	fs.IntVar(&s.rounds, "rounds", 5, "interleaved rounds per workload")
+	fs.Int64Var(&s.bytes, "bytes", 1<<30, "bytes moved through one tunnel")
+	fs.IntVar(&s.httpClients, "http-clients", 64, "concurrent keep-alive HTTP clients")
+	fs.IntVar(&s.tunnelConc, "tunnel-clients", 32, "concurrent clients opening tunnels")
+	fs.DurationVar(&s.duration, "duration", 3*time.Second, "length of each timed round")
+	fs.IntVar(&s.idle, "idle-tunnels", 2000, "idle tunnels held open for the memory figure")
+	quick := fs.Bool("quick", false, "a smoke run: 64 MiB, 1 round, 1s rounds, 200 idle tunnels")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *quick {
+		s = settings{rounds: 1, bytes: 64 << 20, httpClients: 16, tunnelConc: 8, duration: time.Second, idle: 200}
+	}
+	if err := bench(s); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	return 0
+}
+
+func bench(s settings) error {
+	dir, err := os.MkdirTemp("", "egressd-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	sink, err := startSink()
+	if err != nil {
+		return err
+	}
+	echo, err := startEcho()
+	if err != nil {
+		return err
+	}
+	web, err := startWeb()
+	if err != nil {
+		return err
+	}
+	e, err := startEgressd(dir, []string{sink, echo, web})
+	if err != nil {
+		return err
+	}
+	defer e.stop()
+
+	fmt.Printf("egressd %s vs no proxy, loopback, %d cores, %d rounds (medians)\n\n", e.proxy, runtime.NumCPU(), s.rounds)
+	fmt.Printf("%-44s %14s %14s %8s\n", "workload", "egressd", "direct", "ratio")
+
+	var rows []row
+	// 1. One tunnel moving s.bytes.
+	rows = append(rows, interleave(s.rounds, "CONNECT throughput (MiB/s)", func(proxied bool) (float64, error) {
+		return throughput(e.proxy, sink, s.bytes, proxied)
+	}))
+	// 2. Plain HTTP with keep-alive clients.
+	var p50, p99 [2][]float64
+	rows = append(rows, interleave(s.rounds, fmt.Sprintf("HTTP requests/s (%d keep-alive clients)", s.httpClients), func(proxied bool) (float64, error) {
+		r, err := httpLoad(e.proxy, web, s.httpClients, s.duration, proxied)
+		i := 1
+		if proxied {
+			i = 0
+		}
+		p50[i] = append(p50[i], r.p50)
+		p99[i] = append(p99[i], r.p99)
+		return r.rps, err
+	}))
+	rows = append(rows,
+		row{name: "  HTTP latency p50 (ms)", proxy: median(p50[0]), direct: median(p50[1]), lowerBetter: true},
+		row{name: "  HTTP latency p99 (ms)", proxy: median(p99[0]), direct: median(p99[1]), lowerBetter: true})
+	// 3. New tunnels per second.
+	rows = append(rows, interleave(s.rounds, fmt.Sprintf("new CONNECT tunnels/s (%d clients)", s.tunnelConc), func(proxied bool) (float64, error) {
+		return tunnelRate(e.proxy, echo, s.tunnelConc, s.duration, proxied)
+	}))
+	for _, r := range rows {
+		r.print()
+	}
+	// 4. Memory per idle tunnel: a proxy-only figure.
+	perTunnel, err := idleMemory(e, echo, s.idle)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%-44s %14s\n", fmt.Sprintf("RSS per idle tunnel (%d open)", s.idle), fmt.Sprintf("%.1f KiB", perTunnel/1024))
+	return nil
+}
+
+type row struct {
+	name          string
+	proxy, direct float64
+	lowerBetter   bool
+	err           error
+}
+
+func (r row) print() {
+	if r.err != nil {
+		fmt.Printf("%-44s error: %v\n", r.name, r.err)
+		return
+	}
+	ratio := r.proxy / r.direct
+	if r.lowerBetter {
+		ratio = r.direct / r.proxy
+	}
+	fmt.Printf("%-44s %14.1f %14.1f %8.2f\n", r.name, r.proxy, r.direct, ratio)
+}
+
+// interleave runs f through the proxy and directly, alternately, and returns the medians.
+func interleave(rounds int, name string, f func(proxied bool) (float64, error)) row {
+	var p, d []float64
+	for i := 0; i < rounds; i++ {
+		for _, proxied := range []bool{true, false} {
+			v, err := f(proxied)
+			if err != nil {
+				return row{name: name, err: err}
+			}
+			if proxied {
+				p = append(p, v)
+			} else {
+				d = append(d, v)
+			}
+		}
+	}
+	return row{name: name, proxy: median(p), direct: median(d)}
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// connect opens a tunnel to target through proxy, or a direct connection.
+func connect(proxy, target string, proxied bool) (net.Conn, error) {
+	if !proxied {
+		return net.DialTimeout("tcp", target, 5*time.Second)
+	}
+	c, err := net.DialTimeout("tcp", proxy, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := io.WriteString(c, "CONNECT "+target+" HTTP/1.1\r\nHost: "+target+"\r\n\r\n"); err != nil {
+		c.Close()
+		return nil, err
+	}
+	const ok = "HTTP/1.1 200 Connection established\r\n\r\n"
+	buf := make([]byte, len(ok))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != ok {
+		c.Close()
+		return nil, fmt.Errorf("CONNECT %s: %q %v", target, buf, err)
+	}
+	c.SetReadDeadline(time.Time{})
+	return c, nil
+}
+
+// throughput sends n bytes to the sink and waits for its count; it returns MiB/s.
+func throughput(proxy, sink string, n int64, proxied bool) (float64, error) {
+	c, err := connect(proxy, sink, proxied)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Minute))
+	start := time.Now()
+	buf := make([]byte, 1<<20)
+	for sent := int64(0); sent < n; {
+		w, err := c.Write(buf[:min(int64(len(buf)), n-sent)])
+		if err != nil {
+			return 0, err
+		}
+		sent += int64(w)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	var got [8]byte
+	if _, err := io.ReadFull(c, got[:]); err != nil {
+		return 0, fmt.Errorf("reading the sink's count: %w", err)
+	}
+	if m := int64(binary.BigEndian.Uint64(got[:])); m != n {
+		return 0, fmt.Errorf("sink received %d bytes; sent %d", m, n)
+	}
+	return float64(n) / (1 << 20) / time.Since(start).Seconds(), nil
+}
+
+type httpResult struct{ rps, p50, p99 float64 }
+
+// httpLoad runs clients keep-alive clients for d and returns requests per second and
+// latency percentiles in milliseconds.
+func httpLoad(proxy, web string, clients int, d time.Duration, proxied bool) (httpResult, error) {
+	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients, DisableCompression: true}
+	if proxied {
+		u, _ := url.Parse("http://" + proxy)
+		tr.Proxy = http.ProxyURL(u)
+	}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var (
+		mu   sync.Mutex
+		lats []float64
+		errs atomic.Int64
+		wg   sync.WaitGroup
+	)
+	start := time.Now()
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []float64
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				resp, err := client.Get("http://" + web + "/")
+				if err != nil {
+					errs.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				mine = append(mine, float64(time.Since(t0).Microseconds())/1000)
+			}
+			mu.Lock()
+			lats = append(lats, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if len(lats) == 0 {
+		return httpResult{}, fmt.Errorf("no request succeeded (%d errors)", errs.Load())
+	}
+	slices.Sort(lats)
+	return httpResult{
+		rps: float64(len(lats)) / elapsed.Seconds(),
+		p50: lats[len(lats)/2],
+		p99: lats[len(lats)*99/100],
+	}, nil
+}
+
+// tunnelRate opens, uses (one byte each way) and closes tunnels from conc clients for
+// d, and returns tunnels per second.
+func tunnelRate(proxy, echo string, conc int, d time.Duration, proxied bool) (float64, error) {
+	deadline := time.Now().Add(d)
+	var (
+		n, errs atomic.Int64
+		wg      sync.WaitGroup
+		lastErr atomic.Value
+	)
+	start := time.Now()
+	for i := 0; i < conc; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			one := []byte{'x'}
+			for time.Now().Before(deadline) {
+				c, err := connect(proxy, echo, proxied)
+				if err != nil {
+					errs.Add(1)
+					lastErr.Store(err)
+					continue
+				}
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				if _, err := c.Write(one); err == nil {
+					if _, err := io.ReadFull(c, one); err == nil {
+						n.Add(1)
+					}
+				}
+				c.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	if n.Load() == 0 {
+		return 0, fmt.Errorf("no tunnel succeeded: %v", lastErr.Load())
+	}
+	return float64(n.Load()) / time.Since(start).Seconds(), nil
+}
+
+// idleMemory opens n tunnels, leaves them idle, and returns egressd's resident memory
+// growth per tunnel in bytes.
+func idleMemory(e *egressd, echo string, n int) (float64, error) {
+	before, err := rss(e.cmd.Process.Pid)
+	if err != nil {
+		return 0, err
+	}
+	conns := make([]net.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	one := []byte{'x'}
+	for i := 0; i < n; i++ {
+		c, err := connect(e.proxy, echo, true)
+		if err != nil {
+			return 0, fmt.Errorf("tunnel %d: %w", i, err)
+		}
+		conns = append(conns, c)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write(one); err != nil {
+			return 0, err
+		}
+		if _, err := io.ReadFull(c, one); err != nil {
+			return 0, err
+		}
+	}
+	time.Sleep(2 * time.Second) // let the runtime settle: stacks shrink at GC
+	after, err := rss(e.cmd.Process.Pid)
+	if err != nil {
+		return 0, err
+	}
+	return float64(after-before) / float64(n), nil
+}
+
+// rss reads a process's resident set size in bytes from /proc.
+func rss(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, errors.New("no VmRSS in /proc/PID/status")
+}
+
+// startSink serves connections that read until EOF and answer the byte count.
+func startSink() (string, error) {
+	return serveTCP(func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], uint64(n))
+		c.Write(b[:])
+	})
+}
+
+// startEcho serves connections that echo what they read.
+func startEcho() (string, error) {
+	return serveTCP(func(c net.Conn) { io.Copy(c, c) })
+}
+
+func serveTCP(handle func(net.Conn)) (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln.Addr().String(), nil
+}
+
+// startWeb serves a small HTTP answer.
+func startWeb() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	body := []byte(strings.Repeat("x", 128))
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Write(body)
+	})}
+	go srv.Serve(ln)
+	return ln.Addr().String(), nil
+}
+
+type egressd struct {
+	cmd   *exec.Cmd
+	proxy string
+}
+
+// startEgressd builds egressd and starts it with an allowlist of the given targets.
+func startEgressd(dir string, targets []string) (*egressd, error) {
+	bin := filepath.Join(dir, "egressd")
+	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/egressd")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return nil, fmt.Errorf("building egressd (run from the repository root): %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "allow.txt"), []byte(strings.Join(targets, "\n")+"\n"), 0o644); err != nil {
+		return nil, err
+	}
+	cfg := "proxy:\n  listen: 127.0.0.1:0\n  max_connections: 16384\nmetrics:\n  listen: 127.0.0.1:0\nallowlist: [allow.txt]\n"
+	if err := os.WriteFile(filepath.Join(dir, "egressd.yaml"), []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(filepath.Join(dir, "egressd.log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "serve", "--config", filepath.Join(dir, "egressd.yaml"))
+	cmd.Stderr = logf
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	e := &egressd{cmd: cmd}
+	for i := 0; i < 500; i++ {
+		data, _ := os.ReadFile(logf.Name())
+		for _, line := range strings.Split(string(data), "\n") {
+			if strings.Contains(line, `"msg":"egressd started"`) {
+				var v struct{ Proxy string }
+				json.Unmarshal([]byte(line), &v)
+				e.proxy = v.Proxy
+				return e, nil
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.stop()
+	return nil, errors.New("egressd did not start within 5s")
+}
+
+func (e *egressd) stop() {
+	e.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { e.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		e.cmd.Process.Kill()
+	}
+}

@@ -1,0 +1,59 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"testing"
+
+	"github.com/egressd/egressd/policy"
+)
+
+// BenchmarkHTTP measures plain HTTP requests through the proxy, in process, for
+// profiling the request path (go test -bench HTTP -cpuprofile cpu.out ./proxy).
+// bench/ compares the binary with no proxy at all.
+func BenchmarkHTTP(b *testing.B) {
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "ok")
+	}))
+	defer origin.Close()
+	rule, err := policy.ParseRule(origin.Listener.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	m, _ := policy.Compile([]policy.Rule{rule}, policy.Options{})
+	p, err := New(Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	p.SetPolicy(m)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go p.Serve(ln)
+	defer p.srv.Close()
+	u, _ := url.Parse("http://" + ln.Addr().String())
+	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(u), MaxIdleConnsPerHost: 64}}
+	target := origin.URL + "/"
+	b.ReportAllocs()
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := client.Get(target)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				b.Errorf("status %d", resp.StatusCode)
+				return
+			}
+		}
+	})
+}
