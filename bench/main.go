@@ -45,7 +45,10 @@ type settings struct {
 	tunnelConc  int
 	duration    time.Duration
 	idle        int
+	only        map[string]bool // workloads to run; empty: all
 }
+
+func (s settings) runs(name string) bool { return len(s.only) == 0 || s.only[name] }
 
 func run(args []string) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
@@ -57,11 +60,18 @@ func run(args []string) int {
 	fs.DurationVar(&s.duration, "duration", 3*time.Second, "length of each timed round")
 	fs.IntVar(&s.idle, "idle-tunnels", 2000, "idle tunnels held open for the memory figure")
 	quick := fs.Bool("quick", false, "a smoke run: 64 MiB, 1 round, 1s rounds, 200 idle tunnels")
+	only := fs.String("only", "", "comma-separated workloads to run: throughput, http, tunnels, memory; empty: all")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if *quick {
 		s = settings{rounds: 1, bytes: 64 << 20, httpClients: 16, tunnelConc: 8, duration: time.Second, idle: 200}
+	}
+	s.only = map[string]bool{}
+	for _, w := range strings.Split(*only, ",") {
+		if w = strings.TrimSpace(w); w != "" {
+			s.only[w] = true
+		}
 	}
 	if err := bench(s); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -99,38 +109,43 @@ func bench(s settings) error {
 	fmt.Printf("%-44s %14s %14s %8s\n", "workload", "egressd", "direct", "ratio")
 
 	var rows []row
-	// 1. One tunnel moving s.bytes.
-	rows = append(rows, interleave(s.rounds, "CONNECT throughput (MiB/s)", func(proxied bool) (float64, error) {
-		return throughput(e.proxy, sink, s.bytes, proxied)
-	}))
-	// 2. Plain HTTP with keep-alive clients.
-	var p50, p99 [2][]float64
-	rows = append(rows, interleave(s.rounds, fmt.Sprintf("HTTP requests/s (%d keep-alive clients)", s.httpClients), func(proxied bool) (float64, error) {
-		r, err := httpLoad(e.proxy, web, s.httpClients, s.duration, proxied)
-		i := 1
-		if proxied {
-			i = 0
-		}
-		p50[i] = append(p50[i], r.p50)
-		p99[i] = append(p99[i], r.p99)
-		return r.rps, err
-	}))
-	rows = append(rows,
-		row{name: "  HTTP latency p50 (ms)", proxy: median(p50[0]), direct: median(p50[1]), lowerBetter: true},
-		row{name: "  HTTP latency p99 (ms)", proxy: median(p99[0]), direct: median(p99[1]), lowerBetter: true})
-	// 3. New tunnels per second.
-	rows = append(rows, interleave(s.rounds, fmt.Sprintf("new CONNECT tunnels/s (%d clients)", s.tunnelConc), func(proxied bool) (float64, error) {
-		return tunnelRate(e.proxy, echo, s.tunnelConc, s.duration, proxied)
-	}))
+	if s.runs("throughput") {
+		rows = append(rows, interleave(s.rounds, "CONNECT throughput (MiB/s)", func(proxied bool) (float64, error) {
+			return throughput(e.proxy, sink, s.bytes, proxied)
+		}))
+	}
+	if s.runs("http") {
+		var p50, p99 [2][]float64
+		rows = append(rows, interleave(s.rounds, fmt.Sprintf("HTTP requests/s (%d keep-alive clients)", s.httpClients), func(proxied bool) (float64, error) {
+			r, err := httpLoad(e.proxy, web, s.httpClients, s.duration, proxied)
+			i := 1
+			if proxied {
+				i = 0
+			}
+			p50[i] = append(p50[i], r.p50)
+			p99[i] = append(p99[i], r.p99)
+			return r.rps, err
+		}))
+		rows = append(rows,
+			row{name: "  HTTP latency p50 (ms)", proxy: median(p50[0]), direct: median(p50[1]), lowerBetter: true},
+			row{name: "  HTTP latency p99 (ms)", proxy: median(p99[0]), direct: median(p99[1]), lowerBetter: true})
+	}
+	if s.runs("tunnels") {
+		rows = append(rows, interleave(s.rounds, fmt.Sprintf("new CONNECT tunnels/s (%d clients)", s.tunnelConc), func(proxied bool) (float64, error) {
+			return tunnelRate(e.proxy, echo, s.tunnelConc, s.duration, proxied)
+		}))
+	}
 	for _, r := range rows {
 		r.print()
 	}
-	// 4. Memory per idle tunnel: a proxy-only figure.
-	perTunnel, err := idleMemory(e, echo, s.idle)
-	if err != nil {
-		return err
+	if s.runs("memory") {
+		// A proxy-only figure: there is no tunnel without a proxy.
+		perTunnel, err := idleMemory(e, echo, s.idle)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%-44s %14s\n", fmt.Sprintf("RSS per idle tunnel (%d open)", s.idle), fmt.Sprintf("%.1f KiB", perTunnel/1024))
 	}
-	fmt.Printf("%-44s %14s\n", fmt.Sprintf("RSS per idle tunnel (%d open)", s.idle), fmt.Sprintf("%.1f KiB", perTunnel/1024))
 	return nil
 }
 

@@ -40,7 +40,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintln(stderr, "egressd: not started: the configuration has errors (run 'egressd check' after fixing them)")
 		return exitFail
 	}
-	log := newLogger(c, stderr)
+	logOut := newBatchWriter(stderr)
+	defer logOut.Close()
+	log := newLogger(c, logOut)
 	if err := serve(ctx, c, fsys, log); err != nil {
 		log.Error("egressd stopped", "error", err)
 		return exitFail
