@@ -9,21 +9,10 @@ import (
 )
 
 func runCheck(_ context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("check", "[--config FILE]", "Validate the config and every allowlist file without opening any port", stderr)
-	cfgPath := configFlag(fs)
-	pos, code, ok := parseFlags(fs, args)
+	c, fsys, code, ok := configCommand("check", "Validate the config and every allowlist file without opening any port",
+		"egressd check: the configuration has errors", args, stderr)
 	if !ok {
 		return code
-	}
-	if len(pos) > 0 {
-		fmt.Fprintf(stderr, "egressd check: unexpected argument %q\n", pos[0])
-		return exitUsage
-	}
-	c, fsys, err := loadConfig(*cfgPath)
-	if err != nil {
-		printProblems(stderr, err)
-		fmt.Fprintln(stderr, "egressd check: the configuration has errors")
-		return exitFail
 	}
 	res, err := policy.Load(fsys, c.Allowlist, policyOptions(c))
 	if err != nil {

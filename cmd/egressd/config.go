@@ -51,3 +51,27 @@ func newLogger(c *config.Config, w io.Writer) *slog.Logger {
 func printProblems(w io.Writer, err error) {
 	fmt.Fprintln(w, err)
 }
+
+// configCommand parses the flags of a command whose only flag is --config and that
+// takes no arguments, and loads that config. ok is false with the exit code when the
+// command ends here: --help, a usage error, or a config with errors (printed, then
+// failNote).
+func configCommand(name, summary, failNote string, args []string, stderr io.Writer) (c *config.Config, fsys policy.FS, code int, ok bool) {
+	fs := newFlagSet(name, "[--config FILE]", summary, stderr)
+	cfgPath := configFlag(fs)
+	pos, code, ok := parseFlags(fs, args)
+	if !ok {
+		return nil, nil, code, false
+	}
+	if len(pos) > 0 {
+		fmt.Fprintf(stderr, "egressd %s: unexpected argument %q\n", name, pos[0])
+		return nil, nil, exitUsage, false
+	}
+	c, fsys, err := loadConfig(*cfgPath)
+	if err != nil {
+		printProblems(stderr, err)
+		fmt.Fprintln(stderr, failNote)
+		return nil, nil, exitFail, false
+	}
+	return c, fsys, 0, true
+}

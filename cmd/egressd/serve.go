@@ -24,21 +24,10 @@ import (
 )
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("serve", "[--config FILE]", "Run the proxy, the metrics listener and the allowlist watcher until SIGTERM or SIGINT", stderr)
-	cfgPath := configFlag(fs)
-	pos, code, ok := parseFlags(fs, args)
+	c, fsys, code, ok := configCommand("serve", "Run the proxy, the metrics listener and the allowlist watcher until SIGTERM or SIGINT",
+		"egressd: not started: the configuration has errors (run 'egressd check' after fixing them)", args, stderr)
 	if !ok {
 		return code
-	}
-	if len(pos) > 0 {
-		fmt.Fprintf(stderr, "egressd serve: unexpected argument %q\n", pos[0])
-		return exitUsage
-	}
-	c, fsys, err := loadConfig(*cfgPath)
-	if err != nil {
-		printProblems(stderr, err)
-		fmt.Fprintln(stderr, "egressd: not started: the configuration has errors (run 'egressd check' after fixing them)")
-		return exitFail
 	}
 	logOut := newBatchWriter(stderr)
 	defer logOut.Close()
