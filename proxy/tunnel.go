@@ -67,7 +67,18 @@ type closeWriter interface{ CloseWrite() error }
 // halfCopy copies src to dst until src ends. A clean end (EOF) is passed on as a
 // half-close, so the other direction keeps going; an error ends both.
 func halfCopy(dst, src net.Conn) int64 {
-	n, err := io.Copy(dst, src)
+	var (
+		n   int64
+		err error
+	)
+	// ReadFrom directly, not io.Copy: io.Copy would try src's WriteTo first, which
+	// for TCP to TCP falls back to a second io.Copy before reaching the same splice.
+	// The shorter call chain keeps an idle copier's stack at its smallest size.
+	if rf, ok := dst.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(src)
+	} else {
+		n, err = io.Copy(dst, src)
+	}
 	if cw, ok := dst.(closeWriter); ok && err == nil {
 		cw.CloseWrite()
 		return n
