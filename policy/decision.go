@@ -21,6 +21,9 @@ const (
 	ReasonIPNotListed    Reason = "ip address not on the allowlist"
 	ReasonNonCanonicalIP Reason = "non-canonical ip address"
 	ReasonInvalidHost    Reason = "invalid host"
+	// Reasons the proxy adds after the allowlist has allowed a target.
+	ReasonPrivateAddress Reason = "private address" // the private-address guard
+	ReasonLoop           Reason = "proxy loop"      // a request to egressd itself
 )
 
 type hintKind uint8

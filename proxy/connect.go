@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -48,7 +47,7 @@ func (p *Proxy) onConnect(hostport string, ctx *goproxy.ProxyCtx) (*goproxy.Conn
 func (p *Proxy) startTunnel(ex *exchange, d policy.Decision, client net.Conn) {
 	upstream, err := p.dialer.dial(context.Background(), d.Host, d.Port)
 	if err != nil {
-		p.refuseTunnel(ex, d, client, err)
+		p.refuseTunnel(ex, client, err)
 		client.Close()
 		return
 	}
@@ -59,6 +58,7 @@ func (p *Proxy) startTunnel(ex *exchange, d policy.Decision, client net.Conn) {
 		return
 	}
 	ex.status = http.StatusOK
+	p.count(ex)
 	p.metrics.duration.WithLabelValues(kindConnect).Observe(p.opts.Now().Sub(ex.start).Seconds())
 
 	if ec, ok := client.(*earlyConn); ok {
@@ -92,23 +92,13 @@ func (p *Proxy) endTunnel(t *tunnel) {
 	p.finishDetached(ex)
 }
 
-// refuseTunnel answers a CONNECT whose upstream could not be reached: 502 or 504
-// naming the target, or 403 for a loop to egressd's own listener.
-func (p *Proxy) refuseTunnel(ex *exchange, d policy.Decision, client net.Conn, err error) {
-	var de *dialError
-	if !errors.As(err, &de) {
-		de = &dialError{status: http.StatusBadGateway, reason: "other", target: d.Target(), err: err}
-	}
-	ex.status, ex.reason = de.status, de.reason
-	body := "egressd: " + de.Error() + "\n"
+// refuseTunnel answers a CONNECT whose upstream could not, or may not, be reached.
+func (p *Proxy) refuseTunnel(ex *exchange, client net.Conn, err error) {
+	status, denied, body := p.failure(ex, err)
 	header := ""
-	if de.reason == reasonLoop {
-		ex.decision = decisionDeny
-		body = "egressd: denied " + de.target + ": " + de.Error() + "\n"
-		header = headerDenied + ": proxy loop\r\n"
-	} else {
-		p.metrics.upstreamErrors.WithLabelValues(de.reason).Inc()
+	if denied != "" {
+		header = headerDenied + ": " + denied + "\r\n"
 	}
 	fmt.Fprintf(client, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%sConnection: close\r\n\r\n%s",
-		de.status, http.StatusText(de.status), len(body), header, body)
+		status, http.StatusText(status), len(body), header, body)
 }

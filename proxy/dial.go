@@ -12,6 +12,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/egressd/egressd/guard"
+	"github.com/egressd/egressd/policy"
 )
 
 // Resolver looks up the addresses of a host name. *net.Resolver is one.
@@ -21,26 +24,39 @@ type Resolver interface {
 
 // dialer resolves a target once, checks every address, and dials only addresses it
 // checked, in order, falling back to the next one when a connection fails. It never
-// lets the operating system resolve a name, so what is dialled is what was checked.
+// lets the operating system resolve a name, so what is dialled is what was checked:
+// a DNS answer that changes between check and connect (rebinding) cannot matter.
 type dialer struct {
 	resolver Resolver
 	timeout  time.Duration
+	guard    *guard.Guard
+	exempt   guard.Exempter // the allowlist's IP and CIDR rules
+	// connect opens a TCP connection to a checked address; nil means net.Dialer.
+	// Tests replace it with a double that records addresses and connects nowhere.
+	connect func(ctx context.Context, ap netip.AddrPort) (net.Conn, error)
 	// own holds the addresses of egressd's own listeners; dialling one would be a loop.
 	own atomic.Pointer[[]netip.AddrPort]
 }
 
-// dialError is a failure to reach an upstream, with the status the client gets.
+// dialError is a failure to reach an upstream, or a refusal to, with the status the
+// client gets.
 type dialError struct {
-	status int    // 403 for a loop, 502 or 504 for upstream failures
-	reason string // a fixed word for metrics and the log: loop, dns, refused, timeout, other
-	target string
-	err    error
+	status int // 403 for a loop or a guarded address, 502 or 504 for upstream failures
+	// reason is a fixed phrase: for a refusal the policy.Reason, for a failure the
+	// metric word (dns, refused, timeout, other).
+	reason  string
+	target  string
+	host    string
+	err     error
+	guarded guard.Verdict // for a private-address refusal: the first address refused
 }
 
 func (e *dialError) Error() string {
 	switch e.reason {
-	case reasonLoop:
+	case string(policy.ReasonLoop):
 		return fmt.Sprintf("%s is egressd's own listener; a request through the proxy to itself would loop", e.target)
+	case string(policy.ReasonPrivateAddress):
+		return fmt.Sprintf("%s resolves to %s, a %s address", e.host, e.guarded.Addr, e.guarded.Range.Kind)
 	case "dns":
 		return fmt.Sprintf("cannot resolve %s: %v", e.target, e.err)
 	case "timeout":
@@ -53,7 +69,21 @@ func (e *dialError) Error() string {
 
 func (e *dialError) Unwrap() error { return e.err }
 
-const reasonLoop = "loop"
+// refused reports whether egressd refused the target (403), as opposed to failing to reach it.
+func (e *dialError) refused() bool { return e.status == http.StatusForbidden }
+
+// hint says what an operator can do about a refusal.
+func (e *dialError) hint() string {
+	switch e.reason {
+	case string(policy.ReasonPrivateAddress):
+		a := e.guarded.Addr
+		return fmt.Sprintf("%s resolves to %s, a %s address; add %s to the allowlist if that is intended",
+			e.host, a, e.guarded.Range.Kind, netip.PrefixFrom(a, a.BitLen()))
+	case string(policy.ReasonLoop):
+		return "call egressd's own endpoints directly, not through the proxy"
+	}
+	return ""
+}
 
 // addOwn records a listener address of this process, so that no request is proxied
 // to it. A listener on an unspecified address (0.0.0.0, ::) is reached through every
@@ -145,24 +175,48 @@ func (d *dialer) dial(ctx context.Context, host string, port uint16) (*net.TCPCo
 		}
 		return nil, &dialError{status: http.StatusBadGateway, reason: "dns", target: target, err: err}
 	}
-	var lastErr error
-	var nd net.Dialer
+	var (
+		lastErr error
+		guarded *dialError
+	)
+	connect := d.connect
+	if connect == nil {
+		connect = dialTCP
+	}
 	for _, a := range addrs {
 		ap := netip.AddrPortFrom(a, port)
 		if d.isOwn(ap) {
-			lastErr = &dialError{status: http.StatusForbidden, reason: reasonLoop, target: target}
+			lastErr = &dialError{status: http.StatusForbidden, reason: string(policy.ReasonLoop), target: target, host: host}
 			continue
 		}
-		c, err := nd.DialContext(ctx, "tcp", ap.String())
+		if v := d.guard.Check(a, d.exempt); v.Denied {
+			if guarded == nil {
+				guarded = &dialError{status: http.StatusForbidden, reason: string(policy.ReasonPrivateAddress), target: target, host: host, guarded: v}
+			}
+			continue
+		}
+		c, err := connect(ctx, ap)
 		if err == nil {
-			return c.(*net.TCPConn), nil
+			if tc, ok := c.(*net.TCPConn); ok {
+				return tc, nil
+			}
+			c.Close()
+			return nil, fmt.Errorf("dialling %s gave a %T, not a TCP connection", ap, c)
 		}
 		lastErr = classify(target, err)
 		if ctx.Err() != nil {
 			break
 		}
 	}
+	if lastErr == nil && guarded != nil {
+		return nil, guarded // every address was refused by the guard
+	}
 	return nil, lastErr
+}
+
+func dialTCP(ctx context.Context, ap netip.AddrPort) (net.Conn, error) {
+	var nd net.Dialer
+	return nd.DialContext(ctx, "tcp", ap.String())
 }
 
 func classify(target string, err error) *dialError {

@@ -58,22 +58,15 @@ func (p *Proxy) onResponse(resp *http.Response, ctx *goproxy.ProxyCtx) *http.Res
 }
 
 func (p *Proxy) upstreamFailure(ex *exchange, r *http.Request, err error) *http.Response {
-	var de *dialError
-	if !errors.As(err, &de) {
-		de = &dialError{status: http.StatusBadGateway, reason: "other", target: ex.target, err: err}
-		if err == nil {
-			de.err = errors.New("no response")
-		}
+	if err == nil {
+		err = errors.New("no response from upstream")
 	}
-	ex.reason = de.reason
-	if de.reason == reasonLoop {
-		ex.decision = decisionDeny
-		resp := textResponse(r, http.StatusForbidden, "egressd: denied "+de.target+": "+de.Error()+"\n")
-		resp.Header.Set(headerDenied, "proxy loop")
-		return resp
+	status, denied, body := p.failure(ex, err)
+	resp := textResponse(r, status, body)
+	if denied != "" {
+		resp.Header.Set(headerDenied, denied)
 	}
-	p.metrics.upstreamErrors.WithLabelValues(de.reason).Inc()
-	return textResponse(r, de.status, "egressd: "+de.Error()+"\n")
+	return resp
 }
 
 func textResponse(r *http.Request, status int, body string) *http.Response {

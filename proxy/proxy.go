@@ -9,12 +9,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
 	"github.com/elazarl/goproxy"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/egressd/egressd/guard"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -39,6 +41,10 @@ type Options struct {
 	CloseRevokedTunnels bool
 	// Resolver resolves upstream names. If nil, net.DefaultResolver.
 	Resolver Resolver
+	// Guard refuses private and other non-public destination addresses, except those
+	// that an IP or CIDR rule of the policy in force covers. If nil, a Guard with no
+	// further exemptions: the guard cannot be turned off.
+	Guard *guard.Guard
 	// LocalHandler serves requests in origin form ("GET /path"), which are for egressd
 	// itself and never forwarded. If nil, they get 404.
 	LocalHandler http.Handler
@@ -75,6 +81,9 @@ func New(opts Options) (*Proxy, error) {
 	if opts.Resolver == nil {
 		opts.Resolver = net.DefaultResolver
 	}
+	if opts.Guard == nil {
+		opts.Guard = guard.New(nil)
+	}
 	if opts.LocalHandler == nil {
 		opts.LocalHandler = http.NotFoundHandler()
 	}
@@ -95,9 +104,10 @@ func New(opts Options) (*Proxy, error) {
 		opts:    opts,
 		log:     opts.Logger,
 		metrics: m,
-		dialer:  &dialer{resolver: opts.Resolver, timeout: opts.DialTimeout},
+		dialer:  &dialer{resolver: opts.Resolver, timeout: opts.DialTimeout, guard: opts.Guard},
 		tunnels: newTunnelSet(),
 	}
+	p.dialer.exempt = policyExemption{p}
 	p.gp = p.newGoproxy()
 	p.srv = &http.Server{
 		Handler:           p,
@@ -152,6 +162,15 @@ func (p *Proxy) SetPolicy(m *policy.Matcher) {
 	if p.opts.CloseRevokedTunnels && !p.opts.Report {
 		p.tunnels.revoke(m, p.log)
 	}
+}
+
+// policyExemption exempts from the guard the addresses that an IP or CIDR rule of the
+// policy in force covers: an operator who lists a range means to reach it.
+type policyExemption struct{ p *Proxy }
+
+func (e policyExemption) Exempt(a netip.Addr) bool {
+	m := e.p.policy.Load()
+	return m != nil && m.CoveringRule(a) != nil
 }
 
 // Policy returns the policy in force, or nil before the first SetPolicy.
@@ -244,6 +263,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if ex.status == 0 {
 		ex.status = rec.status
 	}
+	p.count(ex)
 	if ex.kind == kindHTTP {
 		ex.down = rec.bytes
 		p.metrics.duration.WithLabelValues(kindHTTP).Observe(p.opts.Now().Sub(ex.start).Seconds())
@@ -276,6 +296,7 @@ type exchange struct {
 	closeAfter bool
 	// detached is set when a tunnel takes the exchange over from its HTTP handler.
 	detached bool
+	counted  bool // added to egressd_requests_total
 }
 
 type exchangeKey struct{}
@@ -300,8 +321,34 @@ func (p *Proxy) decide(ex *exchange, kind, host string, port uint16) (policy.Dec
 	default:
 		ex.decision = decisionDeny
 	}
-	p.metrics.requests.WithLabelValues(kind, ex.decision).Inc()
 	return d, ex.decision != decisionDeny
+}
+
+// count adds ex to egressd_requests_total once its decision is final: the guard and
+// loop checks at dial time can still turn an allowed target into a denial.
+func (p *Proxy) count(ex *exchange) {
+	if ex.kind != "" && !ex.counted {
+		ex.counted = true
+		p.metrics.requests.WithLabelValues(ex.kind, ex.decision).Inc()
+	}
+}
+
+// failure is the answer to a client whose allowed target could not be reached, or
+// was refused at dial time (a loop, a guarded address). It records the outcome in
+// ex and the metrics and returns the status, the X-Egressd-Denied value for a
+// refusal, and the body.
+func (p *Proxy) failure(ex *exchange, err error) (status int, denied, body string) {
+	var de *dialError
+	if !errors.As(err, &de) {
+		de = &dialError{status: http.StatusBadGateway, reason: "other", target: ex.target, err: err}
+	}
+	ex.status, ex.reason = de.status, de.reason
+	if de.refused() {
+		ex.decision = decisionDeny
+		return de.status, de.reason, fmt.Sprintf("egressd: denied %s: %s; hint: %s\n", de.target, de.reason, de.hint())
+	}
+	p.metrics.upstreamErrors.WithLabelValues(de.reason).Inc()
+	return de.status, "", "egressd: " + de.Error() + "\n"
 }
 
 // accessLog writes the one line each request or tunnel gets.
