@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/egressd/egressd/internal/dnstest"
 )
 
 // binary is the egressd built for this test run.
@@ -78,10 +80,15 @@ type daemon struct {
 
 type daemonConfig struct {
 	files map[string]string // paths relative to the config dir -> content
-	extra string            // more YAML: proxy keys are appended under "proxy:"
+	extra string            // more top-level YAML
 	proxy string            // YAML lines under "proxy:", already indented
+	dns   string            // YAML lines under "dns:", already indented
 	// allowlist overrides the allowlist paths; the default is [allow.d].
 	allowlist []string
+	// zone is what the daemon's own fixture DNS server answers. Every daemon gets
+	// one, with a hosts file that knows only localhost, so no test ever asks the
+	// machine's nameservers.
+	zone map[string]dnstest.Record
 }
 
 // startDaemon writes cfg into a temporary directory, starts egressd on it, and waits
@@ -99,8 +106,13 @@ func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
 	if paths == nil {
 		paths = []string{"allow.d"}
 	}
-	yaml := fmt.Sprintf("proxy:\n  listen: 127.0.0.1:0\n%smetrics:\n  listen: 127.0.0.1:0\nallowlist: [%s]\nlog:\n  level: debug\n%s",
-		cfg.proxy, strings.Join(paths, ", "), cfg.extra)
+	dnsSrv := dnstest.Start(t, cfg.zone)
+	writeFile(t, filepath.Join(dir, "hosts"), "127.0.0.1 localhost\n")
+	writeFile(t, filepath.Join(dir, "resolv.conf"), "nameserver 127.0.0.1\n")
+	yaml := fmt.Sprintf("proxy:\n  listen: 127.0.0.1:0\n%smetrics:\n  listen: 127.0.0.1:0\n"+
+		"dns:\n  upstreams: [%s]\n  hosts_file: hosts\n  resolv_conf: resolv.conf\n%s"+
+		"allowlist: [%s]\nlog:\n  level: debug\n%s",
+		cfg.proxy, dnsSrv.Addr, cfg.dns, strings.Join(paths, ", "), cfg.extra)
 	writeFile(t, filepath.Join(dir, "egressd.yaml"), yaml)
 
 	d := &daemon{t: t, dir: dir, logs: &logBuffer{}, done: make(chan struct{})}

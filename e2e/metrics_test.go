@@ -100,17 +100,34 @@ func promtoolCheck(t *testing.T, text string) {
 func TestReportMode(t *testing.T) {
 	t.Parallel()
 	origin := httpOrigin(t)
-	d := startDaemon(t, daemonConfig{extra: "mode: report\n", files: map[string]string{"allow.d/a.txt": "other.invalid\n"}})
-	if got := d.status("http://" + origin.Listener.Addr().String() + "/"); got != 200 {
-		t.Errorf("report mode: unlisted target = %d; want 200 (let through)", got)
-	}
-	line := d.waitLog(`"decision":"report"`, 2*time.Second)
-	if !strings.Contains(line, `"reason":"ip address not on the allowlist"`) {
-		t.Errorf("report line lacks the reason: %s", line)
-	}
-	if v := d.metric(`egressd_requests_total{decision="report",kind="http"}`); v != 1 {
-		t.Errorf("report count = %v; want 1", v)
-	}
+	target := "http://" + origin.Listener.Addr().String() + "/"
+	t.Run("allowlist denials are let through", func(t *testing.T) {
+		d := startDaemon(t, daemonConfig{
+			extra: "mode: report\n",
+			dns:   "  allow_private: [127.0.0.0/8]\n",
+			files: map[string]string{"allow.d/a.txt": "other.invalid\n"},
+		})
+		if got := d.status(target); got != 200 {
+			t.Errorf("report mode: unlisted target = %d; want 200 (let through)", got)
+		}
+		line := d.waitLog(`"decision":"report"`, 2*time.Second)
+		if !strings.Contains(line, `"reason":"ip address not on the allowlist"`) {
+			t.Errorf("report line lacks the reason: %s", line)
+		}
+		if v := d.metric(`egressd_requests_total{decision="report",kind="http"}`); v != 1 {
+			t.Errorf("report count = %v; want 1", v)
+		}
+	})
+	t.Run("the guard still refuses", func(t *testing.T) {
+		d := startDaemon(t, daemonConfig{extra: "mode: report\n", files: map[string]string{"allow.d/a.txt": "other.invalid\n"}})
+		out, _ := curl(t, nil, "-x", d.proxyURL(), "-i", target)
+		if !strings.Contains(out, "403 Forbidden") || !strings.Contains(out, "X-Egressd-Denied: private address") {
+			t.Errorf("report mode, loopback target:\n%s\nwant 403 private address", out)
+		}
+		if v := d.metric(`egressd_requests_total{decision="deny",kind="http"}`); v != 1 {
+			t.Errorf("deny count = %v; want 1", v)
+		}
+	})
 }
 
 func TestConnectionLimit(t *testing.T) {

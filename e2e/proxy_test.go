@@ -114,9 +114,10 @@ func TestConnectThroughProxy(t *testing.T) {
 	t.Parallel()
 	origin, caFile := tlsOrigin(t)
 	op := port(t, origin.Listener.Addr().String())
-	d := startDaemon(t, daemonConfig{files: map[string]string{
-		"allow.d/a.txt": "localhost:" + op + "\n",
-	}})
+	d := startDaemon(t, daemonConfig{
+		dns:   "  allow_private: [127.0.0.0/8]\n", // localhost is loopback: the guard would refuse it
+		files: map[string]string{"allow.d/a.txt": "localhost:" + op + "\n"},
+	})
 
 	t.Run("allowed with -x", func(t *testing.T) {
 		out, code := curl(t, nil, "-x", d.proxyURL(), "--cacert", caFile, "https://localhost:"+op+"/tls")

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -17,10 +18,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/egressd/egressd/guard"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/reload"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/proxy"
+	"github.com/egressd/egressd/resolver"
 )
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -44,7 +47,29 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	res, err := resolver.New(resolver.Options{
+		Upstreams:  c.DNS.Upstreams,
+		ResolvConf: c.DNS.ResolvConf,
+		HostsFile:  c.DNS.HostsFile,
+		Timeout:    c.DNS.Timeout,
+		Attempts:   c.DNS.Attempts,
+		MinTTL:     c.DNS.MinTTL,
+		MaxTTL:     c.DNS.MaxTTL,
+		MaxEntries: c.DNS.CacheSize,
+		Logger:     log,
+		Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	var allowPrivate []netip.Prefix
+	for _, s := range c.DNS.AllowPrivate {
+		p, _ := config.ParsePrefixOrAddr(s) // validated with the config
+		allowPrivate = append(allowPrivate, p)
+	}
 	p, err := proxy.New(proxy.Options{
+		Resolver:            res,
+		Guard:               guard.New(allowPrivate),
 		Report:              c.Mode == config.ModeReport,
 		DialTimeout:         c.Proxy.DialTimeout,
 		IdleTimeout:         c.Proxy.IdleTimeout,
@@ -106,7 +131,7 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	log.Info("egressd started", "version", versionString(), "mode", string(c.Mode),
+	log.Info("egressd started", "version", versionString(), "mode", string(c.Mode), "dns", res.Upstreams(),
 		"proxy", proxyLn.Addr().String(), "metrics", metricsLn.Addr().String(), "config", c.File)
 
 	var runErr error

@@ -13,6 +13,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
@@ -46,6 +47,9 @@ type Config struct {
 	// Allowlist lists allowlist files and directories. Relative paths are relative to
 	// the config file's directory. It must not be empty.
 	Allowlist []string `yaml:"allowlist"`
+	// DNS configures egressd's resolver, the private-address guard and the optional
+	// DNS listener.
+	DNS DNS `yaml:"dns"`
 	// Log configures the process log on stderr.
 	Log Log `yaml:"log"`
 
@@ -84,6 +88,38 @@ type Metrics struct {
 	Listen string `yaml:"listen"`
 }
 
+// DNS configures name resolution and the private-address guard.
+type DNS struct {
+	// Upstreams are the DNS servers egressd asks, as host:port (port 53 if left
+	// out). If empty, the nameservers in ResolvConf.
+	Upstreams []string `yaml:"upstreams"`
+	// ResolvConf supplies search domains and ndots (and the default upstreams).
+	// If empty, /etc/resolv.conf.
+	ResolvConf string `yaml:"resolv_conf"`
+	// HostsFile answers names before any query. If empty, /etc/hosts.
+	HostsFile string `yaml:"hosts_file"`
+	// Timeout bounds one query to one upstream. If zero, 2s.
+	Timeout time.Duration `yaml:"timeout"`
+	// Attempts is how many rounds over the upstreams a query gets. If zero, 2.
+	Attempts int `yaml:"attempts"`
+	// MinTTL and MaxTTL clamp how long answers are cached. If MaxTTL is zero, 5m;
+	// MinTTL zero keeps each answer exactly as long as its TTL.
+	MinTTL time.Duration `yaml:"min_ttl"`
+	MaxTTL time.Duration `yaml:"max_ttl"`
+	// CacheSize bounds the number of cached answers. If zero, 10000.
+	CacheSize int `yaml:"cache_size"`
+	// AllowPrivate lists CIDRs (or addresses) exempt from the private-address guard
+	// for every host. Prefer an IP or CIDR rule in the allowlist, which is visible
+	// next to the hosts it serves.
+	AllowPrivate []string `yaml:"allow_private"`
+	// Listen, if set, serves DNS on host:port (UDP and TCP) for clients that resolve
+	// names themselves: allowed names are answered, others refused.
+	Listen string `yaml:"listen"`
+	// Refuse is the answer for names the allowlist does not allow: "refused" or
+	// "nxdomain". If empty, "refused".
+	Refuse string `yaml:"refuse"`
+}
+
 // Log configures logging.
 type Log struct {
 	// Level is debug, info, warn or error. If empty, info is used.
@@ -111,6 +147,13 @@ func (c *Config) applyDefaults() {
 		c.Proxy.CloseRevokedTunnels = &t
 	}
 	setDefault(&c.Metrics.Listen, "127.0.0.1:9090")
+	setDefault(&c.DNS.Timeout, 2*time.Second)
+	setDefault(&c.DNS.Attempts, 2)
+	setDefault(&c.DNS.MaxTTL, 5*time.Minute)
+	setDefault(&c.DNS.CacheSize, 10000)
+	setDefault(&c.DNS.Refuse, "refused")
+	setDefault(&c.DNS.ResolvConf, "/etc/resolv.conf")
+	setDefault(&c.DNS.HostsFile, "/etc/hosts")
 	setDefault(&c.Log.Level, "info")
 	setDefault(&c.Log.Format, "json")
 }
@@ -129,12 +172,18 @@ func LoadFile(name string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, unwrapPath(err))
 	}
-	return parse(name, data, func(p string) string {
+	relative := func(p string) string {
 		if filepath.IsAbs(p) {
 			return p
 		}
 		return filepath.Join(filepath.Dir(name), p)
-	})
+	}
+	c, err := parse(name, data, relative)
+	if err != nil {
+		return nil, err
+	}
+	c.DNS.HostsFile, c.DNS.ResolvConf = relative(c.DNS.HostsFile), relative(c.DNS.ResolvConf)
+	return c, nil
 }
 
 // LoadFS reads and validates the config file name in fsys, such as the defaults
@@ -283,6 +332,36 @@ func (c *Config) validate(root *yaml.Node) error {
 	if c.Proxy.MaxConnections < 0 {
 		add([]string{"proxy", "max_connections"}, "%d is negative; leave it out for the default", c.Proxy.MaxConnections)
 	}
+	for _, u := range c.DNS.Upstreams {
+		host := u
+		if h, port, err := net.SplitHostPort(u); err == nil {
+			host = h
+			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+				add([]string{"dns", "upstreams"}, "%q has an invalid port; write host:port, such as 127.0.0.1:53", u)
+				continue
+			}
+		}
+		if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err != nil {
+			add([]string{"dns", "upstreams"}, "%q is not an IP address; name upstream servers by address, such as 10.96.0.10:53", u)
+		}
+	}
+	for _, p := range c.DNS.AllowPrivate {
+		if _, err := ParsePrefixOrAddr(p); err != nil {
+			add([]string{"dns", "allow_private"}, "%q is not a CIDR or address; write something like 10.20.0.0/16", p)
+		}
+	}
+	if c.DNS.Listen != "" {
+		checkListen([]string{"dns", "listen"}, c.DNS.Listen)
+	}
+	if c.DNS.Refuse != "refused" && c.DNS.Refuse != "nxdomain" {
+		add([]string{"dns", "refuse"}, "%q is not an answer; write refused or nxdomain", c.DNS.Refuse)
+	}
+	if c.DNS.Timeout < 0 || c.DNS.MinTTL < 0 || c.DNS.MaxTTL < 0 {
+		add([]string{"dns"}, "timeout, min_ttl and max_ttl cannot be negative")
+	}
+	if c.DNS.MinTTL > c.DNS.MaxTTL {
+		add([]string{"dns", "min_ttl"}, "%s is above max_ttl (%s)", c.DNS.MinTTL, c.DNS.MaxTTL)
+	}
 	if len(c.Allowlist) == 0 {
 		add([]string{"allowlist"}, "no allowlist files or directories; add at least one, such as allowlist.d/")
 	}
@@ -303,6 +382,18 @@ func (c *Config) validate(root *yaml.Node) error {
 		return ps
 	}
 	return nil
+}
+
+// ParsePrefixOrAddr parses a CIDR, or a single address as a /32 or /128.
+func ParsePrefixOrAddr(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 // lineOf returns the line of the value at the key path in a decoded YAML document, or
