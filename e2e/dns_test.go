@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"encoding/json"
 	"io"
 	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 
 	"github.com/egressd/egressd/internal/dnstest"
 )
@@ -118,5 +121,39 @@ func TestDNSRebinding(t *testing.T) {
 	}
 	if n := firstHits.Load(); n != 1 {
 		t.Errorf("127.0.0.1 accepted %d connections; want 1", n)
+	}
+}
+
+func TestDNSListener(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, daemonConfig{
+		zone:  map[string]dnstest.Record{"api.test": {A: []string{"127.0.0.1", "127.0.0.9"}, TTL: 60}, "other.test": {A: []string{"127.0.0.1"}, TTL: 60}},
+		dns:   "  listen: 127.0.0.1:0\n",
+		files: map[string]string{"allow.d/a.txt": "api.test\n127.0.0.1/32\n"},
+	})
+	var line struct {
+		DNS string `json:"dns_listener"`
+	}
+	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &line)
+	if line.DNS == "" {
+		t.Fatal("egressd did not log its DNS listener address")
+	}
+	ask := func(name string) (*dns.Msg, error) {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		c := &dns.Client{Timeout: 2 * time.Second}
+		r, _, err := c.Exchange(m, line.DNS)
+		return r, err
+	}
+	r, err := ask("api.test.")
+	if err != nil || r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "127.0.0.1" {
+		t.Errorf("api.test = %v, %v; want only 127.0.0.1 (127.0.0.9 refused by the guard)", r, err)
+	}
+	r, err = ask("other.test.")
+	if err != nil || r.Rcode != dns.RcodeRefused {
+		t.Errorf("other.test = %v, %v; want REFUSED", r, err)
+	}
+	if v := d.metric(`egressd_dns_listener_queries_total{result="refused"}`); v != 1 {
+		t.Errorf("refused count = %v; want 1", v)
 	}
 }

@@ -287,6 +287,29 @@ func (m *Matcher) prefixSet(addr netip.Addr) *portSet {
 	return nil
 }
 
+// AllowsName reports whether some rule allows host on some port: an exact rule for
+// it or a wildcard above it. The DNS listener answers such names. IP literals and
+// invalid names are never allowed here.
+func (m *Matcher) AllowsName(host string) bool {
+	h, err := NormalizeHost(host)
+	if err != nil || endsInNumber(h) {
+		return false
+	}
+	if m.exact[h] != nil {
+		return true
+	}
+	for parent := h; ; {
+		i := strings.IndexByte(parent, '.')
+		if i < 0 {
+			return false
+		}
+		parent = parent[i+1:]
+		if m.wild[parent] != nil {
+			return true
+		}
+	}
+}
+
 // CoveringRule returns the IP or CIDR rule whose range contains addr, or nil. The
 // private-address guard uses it: an operator who lists a range means to reach it.
 func (m *Matcher) CoveringRule(addr netip.Addr) *Rule {

@@ -103,6 +103,29 @@ func TestDecide(t *testing.T) {
 
 func itoa(p uint16) string { return strconv.Itoa(int(p)) }
 
+func TestAllowsName(t *testing.T) {
+	m := loadTestMatcher(t)
+	tests := []struct {
+		host string
+		want bool
+	}{
+		{"example.com", true},
+		{"EXAMPLE.com.", true},
+		{"payments.example.org", true}, // its rule names port 8443 only: still a name to resolve
+		{"x.ports.example.net", true},
+		{"a.b.wild.example.com", true},
+		{"wild.example.com", false},
+		{"www.example.com", false},
+		{"127.0.0.1", false},
+		{"a..b", false},
+	}
+	for _, tt := range tests {
+		if got := m.AllowsName(tt.host); got != tt.want {
+			t.Errorf("AllowsName(%q) = %v; want %v", tt.host, got, tt.want)
+		}
+	}
+}
+
 func TestAllowedPortsOption(t *testing.T) {
 	rules := mustParse(t, "api.example.com", "*.example.net")
 	m, _ := Compile(rules, Options{AllowedPorts: []uint16{8080}})

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/egressd/egressd/dnsserver"
 	"github.com/egressd/egressd/guard"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/reload"
@@ -108,6 +109,30 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 		return fmt.Errorf("metrics listener: %w", err)
 	}
 	p.ProtectListener(metricsLn.Addr())
+	var dnsSrv *dnsserver.Server
+	dnsAddr := ""
+	if c.DNS.Listen != "" {
+		pc, ln, err := listenDNS(c.DNS.Listen)
+		if err != nil {
+			proxyLn.Close()
+			metricsLn.Close()
+			return fmt.Errorf("dns listener: %w", err)
+		}
+		dnsSrv, err = dnsserver.New(dnsserver.Options{
+			Policy: p, Resolver: res, Guard: guard.New(allowPrivate),
+			NXDomain: c.DNS.Refuse == "nxdomain", Logger: log, Registerer: reg,
+		})
+		if err != nil {
+			return err
+		}
+		p.ProtectListener(ln.Addr())
+		dnsAddr = pc.LocalAddr().String()
+		go func() {
+			if err := dnsSrv.Serve(pc, ln); err != nil {
+				log.Error("dns listener stopped", "error", err)
+			}
+		}()
+	}
 	metricsSrv := &http.Server{
 		Handler:           metricsMux(reg, p),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -132,7 +157,7 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 	defer signal.Stop(hup)
 
 	log.Info("egressd started", "version", versionString(), "mode", string(c.Mode), "dns", res.Upstreams(),
-		"proxy", proxyLn.Addr().String(), "metrics", metricsLn.Addr().String(), "config", c.File)
+		"proxy", proxyLn.Addr().String(), "metrics", metricsLn.Addr().String(), "dns_listener", dnsAddr, "config", c.File)
 
 	var runErr error
 loop:
@@ -158,8 +183,25 @@ loop:
 		log.Warn("proxy shutdown", "error", err)
 	}
 	_ = metricsSrv.Shutdown(drainCtx)
+	if dnsSrv != nil {
+		_ = dnsSrv.Shutdown(drainCtx)
+	}
 	log.Info("egressd stopped")
 	return runErr
+}
+
+// listenDNS opens UDP and TCP on one address; with port 0, TCP takes the port UDP got.
+func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		return nil, nil, err
+	}
+	return pc, ln, nil
 }
 
 func ignoreClosed(err error) error {
