@@ -465,7 +465,10 @@ func startEgressd(dir string, targets []string) (*egressd, error) {
 	if err := os.WriteFile(filepath.Join(dir, "allow.txt"), []byte(strings.Join(targets, "\n")+"\n"), 0o644); err != nil {
 		return nil, err
 	}
-	cfg := "proxy:\n  listen: 127.0.0.1:0\n  max_connections: 16384\nmetrics:\n  listen: 127.0.0.1:0\nallowlist: [allow.txt]\n"
+	// Every target is an IP literal, so nothing is resolved; the upstream is a dead
+	// loopback port all the same, so that a bug could not send a query off the machine.
+	cfg := "proxy:\n  listen: 127.0.0.1:0\n  max_connections: 16384\nmetrics:\n  listen: 127.0.0.1:0\n" +
+		"dns:\n  upstreams: [127.0.0.1:1]\nallowlist: [allow.txt]\n"
 	if err := os.WriteFile(filepath.Join(dir, "egressd.yaml"), []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}

@@ -55,7 +55,8 @@ func TestMetricsAndHealth(t *testing.T) {
 			t.Errorf("%s = %v; want %v", series, got, v)
 		}
 	}
-	for _, name := range []string{"egressd_policy_last_reload_timestamp_seconds", "egressd_upstream_errors_total", "go_goroutines", "process_resident_memory_bytes"} {
+	for _, name := range []string{"egressd_policy_last_reload_timestamp_seconds", "egressd_upstream_errors_total", "go_goroutines", "process_resident_memory_bytes",
+		"egressd_dns_queries_total", "egressd_dns_query_duration_seconds", "egressd_dns_cache_hits_total", "egressd_dns_cache_entries"} {
 		if !strings.Contains(text, "\n"+name) {
 			t.Errorf("metric %s missing", name)
 		}
