@@ -51,10 +51,17 @@ func TestMain(m *testing.M) {
 // egressd runs the binary with args and returns its stdout, stderr and exit code.
 func egressd(t *testing.T, dir string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	return egressdEnv(t, dir, nil, args...)
+}
+
+// egressdEnv is egressd with more environment variables.
+func egressdEnv(t *testing.T, dir string, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
 	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -91,9 +98,10 @@ type daemonConfig struct {
 	zone map[string]dnstest.Record
 }
 
-// startDaemon writes cfg into a temporary directory, starts egressd on it, and waits
-// until it logs that it is serving.
-func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
+// writeConfig writes cfg into a new temporary directory as egressd.yaml, with the
+// allowlist files, a hosts file, a resolv.conf and a fixture DNS server of its own,
+// and returns the directory.
+func writeConfig(t *testing.T, cfg daemonConfig) string {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.Mkdir(filepath.Join(dir, "allow.d"), 0o755); err != nil {
@@ -114,7 +122,14 @@ func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
 		"allowlist: [%s]\nlog:\n  level: debug\n%s",
 		cfg.proxy, dnsSrv.Addr, cfg.dns, strings.Join(paths, ", "), cfg.extra)
 	writeFile(t, filepath.Join(dir, "egressd.yaml"), yaml)
+	return dir
+}
 
+// startDaemon writes cfg (writeConfig), starts egressd on it, and waits until it
+// logs that it is serving.
+func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
+	t.Helper()
+	dir := writeConfig(t, cfg)
 	d := &daemon{t: t, dir: dir, logs: &logBuffer{}, done: make(chan struct{})}
 	d.cmd = exec.Command(binary, "serve", "--config", filepath.Join(dir, "egressd.yaml"))
 	d.cmd.Env = append(os.Environ(), "HTTP_PROXY=http://127.0.0.1:1", "HTTPS_PROXY=http://127.0.0.1:1", "http_proxy=http://127.0.0.1:1")

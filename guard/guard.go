@@ -110,3 +110,9 @@ func unmapPrefix(p netip.Prefix) netip.Prefix {
 	}
 	return p
 }
+
+// ExemptFunc adapts a function to Exempter.
+type ExemptFunc func(netip.Addr) bool
+
+// Exempt calls f.
+func (f ExemptFunc) Exempt(a netip.Addr) bool { return f(a) }

@@ -103,6 +103,10 @@ func (d Decision) Hint() string {
 	return fmt.Sprintf("add %s to an allowlist file", d.ruleTarget())
 }
 
+// SuggestedRule is the rule that would allow d's target: the host alone when its
+// port is one of the default ports, host:port otherwise.
+func (d Decision) SuggestedRule() string { return d.ruleTarget() }
+
 // ruleTarget is the rule that would allow d's target: the host alone when its port is
 // one of the default ports, host:port otherwise.
 func (d Decision) ruleTarget() string {

@@ -38,6 +38,28 @@ type dialer struct {
 	own atomic.Pointer[[]netip.AddrPort]
 }
 
+// GuardedDialer returns a dial function that does what the proxy does before it
+// connects: resolve once, skip every address the guard refuses (unless ex exempts
+// it), and dial only an address it checked. egressd trace fetches with it.
+func GuardedDialer(r Resolver, g *guard.Guard, ex guard.Exempter, timeout time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := &dialer{resolver: r, guard: g, exempt: ex, timeout: timeout}
+	return d.dialContext
+}
+
+// Refusal reports whether err is a refusal by the guard or the loop check, and if so
+// its reason phrase, the address refused and the hint.
+func Refusal(err error) (reason, addr, hint string, ok bool) {
+	var de *dialError
+	if !errors.As(err, &de) || !de.refused() {
+		return "", "", "", false
+	}
+	a := ""
+	if de.guarded.Denied {
+		a = de.guarded.Addr.String()
+	}
+	return de.reason, a, de.hint(), true
+}
+
 // dialError is a failure to reach an upstream, or a refusal to, with the status the
 // client gets.
 type dialError struct {

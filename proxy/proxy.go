@@ -48,12 +48,20 @@ type Options struct {
 	// LocalHandler serves requests in origin form ("GET /path"), which are for egressd
 	// itself and never forwarded. If nil, they get 404.
 	LocalHandler http.Handler
+	// Denials, if set, is told about every denied target (and, in report mode, every
+	// target that would be denied).
+	Denials DenialRecorder
 	// Logger receives the access log and errors. If nil, logs are discarded.
 	Logger *slog.Logger
 	// Registerer receives the proxy's metrics. If nil, they are not registered.
 	Registerer prometheus.Registerer
 	// Now is the clock for durations. If nil, time.Now.
 	Now func() time.Time
+}
+
+// DenialRecorder notes denied targets; *diag.Denials is one.
+type DenialRecorder interface {
+	Record(target, reason, hint, client string, reportOnly bool, at time.Time)
 }
 
 // Proxy is the forward proxy. Create it with New, give it a policy with SetPolicy,
@@ -288,6 +296,7 @@ type exchange struct {
 	decision string // allow, deny, report
 	rule     *policy.Rule
 	reason   string
+	hint     string // for a denial
 	status   int
 	up, down int64
 	closedBy string // for tunnels: done, idle, revoked, shutdown
@@ -317,9 +326,9 @@ func (p *Proxy) decide(ex *exchange, kind, host string, port uint16) (policy.Dec
 	case d.Allow:
 		ex.decision = decisionAllow
 	case p.opts.Report:
-		ex.decision = decisionReport
+		ex.decision, ex.hint = decisionReport, d.Hint()
 	default:
-		ex.decision = decisionDeny
+		ex.decision, ex.hint = decisionDeny, d.Hint()
 	}
 	return d, ex.decision != decisionDeny
 }
@@ -344,7 +353,7 @@ func (p *Proxy) failure(ex *exchange, err error) (status int, denied, body strin
 	}
 	ex.status, ex.reason = de.status, de.reason
 	if de.refused() {
-		ex.decision = decisionDeny
+		ex.decision, ex.hint = decisionDeny, de.hint()
 		return de.status, de.reason, fmt.Sprintf("egressd: denied %s: %s; hint: %s\n", de.target, de.reason, de.hint())
 	}
 	p.metrics.upstreamErrors.WithLabelValues(de.reason).Inc()
@@ -366,6 +375,16 @@ func (p *Proxy) accessLog(ex *exchange) {
 	}
 	if ex.rule != nil {
 		attrs = append(attrs, slog.String("rule", ex.rule.Text), slog.String("rule_at", ex.rule.Location()))
+	}
+	if ex.hint != "" {
+		attrs = append(attrs, slog.String("hint", ex.hint))
+		if p.opts.Denials != nil && ex.target != "" {
+			client, _, err := net.SplitHostPort(ex.client)
+			if err != nil {
+				client = ex.client
+			}
+			p.opts.Denials.Record(ex.target, ex.reason, ex.hint, client, ex.decision == decisionReport, ex.start)
+		}
 	}
 	if ex.closedBy != "" {
 		attrs = append(attrs, slog.String("closed", ex.closedBy))

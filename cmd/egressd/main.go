@@ -44,6 +44,8 @@ func commands() []command {
 		{"serve", "[--config FILE]", "run the proxy (the default when no command is given)", runServe},
 		{"check", "[--config FILE]", "validate the config and every allowlist file; open no port", runCheck},
 		{"explain", "[--config FILE] HOST[:PORT] | URL", "say whether a target is allowed, by which rule, or why not", runExplain},
+		{"trace", "[--config FILE | --admin URL] URL", "follow a URL's redirects and check every hop against the policy", runTrace},
+		{"denials", "[--admin URL] [--token-file FILE]", "show what a running egressd denied most recently", runDenials},
 		{"version", "", "print the version", runVersion},
 	}
 }

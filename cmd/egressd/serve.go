@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -18,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/egressd/egressd/admin"
+	"github.com/egressd/egressd/diag"
 	"github.com/egressd/egressd/dnsserver"
 	"github.com/egressd/egressd/guard"
 	"github.com/egressd/egressd/internal/config"
@@ -48,29 +49,16 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	res, err := resolver.New(resolver.Options{
-		Upstreams:  c.DNS.Upstreams,
-		ResolvConf: c.DNS.ResolvConf,
-		HostsFile:  c.DNS.HostsFile,
-		Timeout:    c.DNS.Timeout,
-		Attempts:   c.DNS.Attempts,
-		MinTTL:     c.DNS.MinTTL,
-		MaxTTL:     c.DNS.MaxTTL,
-		MaxEntries: c.DNS.CacheSize,
-		Logger:     log,
-		Registerer: reg,
-	})
+	res, err := newResolver(c, &resolver.Options{Logger: log, Registerer: reg})
 	if err != nil {
 		return err
 	}
-	var allowPrivate []netip.Prefix
-	for _, s := range c.DNS.AllowPrivate {
-		p, _ := config.ParsePrefixOrAddr(s) // validated with the config
-		allowPrivate = append(allowPrivate, p)
-	}
+	addrGuard := guard.New(allowPrivate(c))
+	denials := diag.NewDenials(c.Admin.DenialTargets)
 	p, err := proxy.New(proxy.Options{
+		Denials:             denials,
 		Resolver:            res,
-		Guard:               guard.New(allowPrivate),
+		Guard:               addrGuard,
 		Report:              c.Mode == config.ModeReport,
 		DialTimeout:         c.Proxy.DialTimeout,
 		IdleTimeout:         c.Proxy.IdleTimeout,
@@ -99,6 +87,14 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 		return errors.New("the allowlist has errors; nothing was started (run 'egressd check' for the list)")
 	}
 
+	// Without a token file there is no admin API; with an unreadable one, no egressd.
+	adminToken := ""
+	if c.Admin.TokenFile != "" {
+		if adminToken, err = admin.ReadToken(c.Admin.TokenFile); err != nil {
+			return err
+		}
+	}
+
 	proxyLn, err := net.Listen("tcp", c.Proxy.Listen)
 	if err != nil {
 		return fmt.Errorf("proxy listener: %w", err)
@@ -119,7 +115,7 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 			return fmt.Errorf("dns listener: %w", err)
 		}
 		dnsSrv, err = dnsserver.New(dnsserver.Options{
-			Policy: p, Resolver: res, Guard: guard.New(allowPrivate),
+			Policy: p, Resolver: res, Guard: addrGuard,
 			NXDomain: c.DNS.Refuse == "nxdomain", Logger: log, Registerer: reg,
 		})
 		if err != nil {
@@ -130,6 +126,30 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 		go func() {
 			if err := dnsSrv.Serve(pc, ln); err != nil {
 				log.Error("dns listener stopped", "error", err)
+			}
+		}()
+	}
+	var adminSrv *http.Server
+	adminAddr := ""
+	if adminToken != "" {
+		tracer := &diag.Tracer{
+			Policy: p.Policy,
+			Dial:   proxy.GuardedDialer(res, addrGuard, liveExemption(p.Policy), c.Proxy.DialTimeout),
+		}
+		h, err := adminHandler(adminToken, tracer, denials, reloader, p)
+		if err != nil {
+			return err
+		}
+		ln, err := net.Listen("tcp", c.Admin.Listen)
+		if err != nil {
+			return fmt.Errorf("admin listener: %w", err)
+		}
+		p.ProtectListener(ln.Addr())
+		adminAddr = ln.Addr().String()
+		adminSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+		go func() {
+			if err := ignoreClosed(adminSrv.Serve(ln)); err != nil {
+				log.Error("admin listener stopped", "error", err)
 			}
 		}()
 	}
@@ -157,7 +177,7 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 	defer signal.Stop(hup)
 
 	log.Info("egressd started", "version", versionString(), "mode", string(c.Mode), "dns", res.Upstreams(),
-		"proxy", proxyLn.Addr().String(), "metrics", metricsLn.Addr().String(), "dns_listener", dnsAddr, "config", c.File)
+		"proxy", proxyLn.Addr().String(), "metrics", metricsLn.Addr().String(), "dns_listener", dnsAddr, "admin", adminAddr, "config", c.File)
 
 	var runErr error
 loop:
@@ -183,6 +203,9 @@ loop:
 		log.Warn("proxy shutdown", "error", err)
 	}
 	_ = metricsSrv.Shutdown(drainCtx)
+	if adminSrv != nil {
+		_ = adminSrv.Shutdown(drainCtx)
+	}
 	if dnsSrv != nil {
 		_ = dnsSrv.Shutdown(drainCtx)
 	}

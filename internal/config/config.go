@@ -50,6 +50,8 @@ type Config struct {
 	// DNS configures egressd's resolver, the private-address guard and the optional
 	// DNS listener.
 	DNS DNS `yaml:"dns"`
+	// Admin configures the authenticated admin API.
+	Admin Admin `yaml:"admin"`
 	// Log configures the process log on stderr.
 	Log Log `yaml:"log"`
 
@@ -120,6 +122,17 @@ type DNS struct {
 	Refuse string `yaml:"refuse"`
 }
 
+// Admin configures the admin API listener.
+type Admin struct {
+	// Listen is the admin listener's host:port. If empty, 127.0.0.1:9091.
+	Listen string `yaml:"listen"`
+	// TokenFile holds the bearer token every admin request must carry. If empty, the
+	// admin listener does not start.
+	TokenFile string `yaml:"token_file"`
+	// DenialTargets bounds the table of recent denials. If zero, 1000.
+	DenialTargets int `yaml:"denial_targets"`
+}
+
 // Log configures logging.
 type Log struct {
 	// Level is debug, info, warn or error. If empty, info is used.
@@ -154,6 +167,8 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.DNS.Refuse, "refused")
 	setDefault(&c.DNS.ResolvConf, "/etc/resolv.conf")
 	setDefault(&c.DNS.HostsFile, "/etc/hosts")
+	setDefault(&c.Admin.Listen, "127.0.0.1:9091")
+	setDefault(&c.Admin.DenialTargets, 1000)
 	setDefault(&c.Log.Level, "info")
 	setDefault(&c.Log.Format, "json")
 }
@@ -183,6 +198,9 @@ func LoadFile(name string) (*Config, error) {
 		return nil, err
 	}
 	c.DNS.HostsFile, c.DNS.ResolvConf = relative(c.DNS.HostsFile), relative(c.DNS.ResolvConf)
+	if c.Admin.TokenFile != "" {
+		c.Admin.TokenFile = relative(c.Admin.TokenFile)
+	}
 	return c, nil
 }
 
@@ -305,8 +323,19 @@ func (c *Config) validate(root *yaml.Node) error {
 	}
 	checkListen([]string{"proxy", "listen"}, c.Proxy.Listen)
 	checkListen([]string{"metrics", "listen"}, c.Metrics.Listen)
-	if c.Proxy.Listen == c.Metrics.Listen && !strings.HasSuffix(c.Proxy.Listen, ":0") {
-		add([]string{"metrics", "listen"}, "%q is also proxy.listen; give each listener its own port", c.Metrics.Listen)
+	checkListen([]string{"admin", "listen"}, c.Admin.Listen)
+	listeners := map[string]string{}
+	for _, l := range []struct{ key, addr string }{
+		{"proxy.listen", c.Proxy.Listen}, {"metrics.listen", c.Metrics.Listen}, {"admin.listen", c.Admin.Listen},
+	} {
+		if other, dup := listeners[l.addr]; dup && !strings.HasSuffix(l.addr, ":0") {
+			k := strings.Split(l.key, ".")
+			add(k, "%q is also %s; give each listener its own port", l.addr, other)
+		}
+		listeners[l.addr] = l.key
+	}
+	if c.Admin.DenialTargets < 0 {
+		add([]string{"admin", "denial_targets"}, "%d is negative; leave it out for the default", c.Admin.DenialTargets)
 	}
 	for _, p := range c.Proxy.AllowedPorts {
 		if p < 1 || p > 65535 {

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/egressd/egressd/admin"
+	"github.com/egressd/egressd/diag"
+	"github.com/egressd/egressd/guard"
+	"github.com/egressd/egressd/internal/reload"
+	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/proxy"
+)
+
+// liveExemption exempts from the guard what an IP or CIDR rule of the policy in force covers.
+func liveExemption(current func() *policy.Matcher) guard.Exempter {
+	return guard.ExemptFunc(func(a netip.Addr) bool {
+		m := current()
+		return m != nil && m.CoveringRule(a) != nil
+	})
+}
+
+// adminHandler builds the admin API with the diagnostics endpoints.
+func adminHandler(token string, tracer *diag.Tracer, denials *diag.Denials, reloader *reload.Reloader, p *proxy.Proxy) (*admin.Handler, error) {
+	h, err := admin.New(token)
+	if err != nil {
+		return nil, err
+	}
+	h.Handle("GET /v1/trace", diag.TraceHandler(tracer))
+	h.Handle("GET /v1/denials", diag.DenialsHandler(denials))
+	h.Handle("GET /v1/policy", policyHandler(reloader, p))
+	return h, nil
+}
+
+type ruleJSON struct {
+	Rule string `json:"rule"`
+	File string `json:"file"`
+	Line int    `json:"line"`
+}
+
+type reloadJSON struct {
+	Time     time.Time `json:"time"`
+	OK       bool      `json:"ok"`
+	Errors   []string  `json:"errors"`
+	Warnings []string  `json:"warnings"`
+}
+
+// policyHandler serves GET /v1/policy: the rules in force and how the last reload went.
+func policyHandler(reloader *reload.Reloader, p *proxy.Proxy) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		m := p.Policy()
+		rules := []ruleJSON{}
+		var ports []uint16
+		if m != nil {
+			for _, r := range m.Rules() {
+				rules = append(rules, ruleJSON{r.Text, r.File, r.Line})
+			}
+			ports = m.AllowedPorts()
+		}
+		last := reloadJSON{Errors: []string{}, Warnings: []string{}}
+		if st := reloader.Status(); st != nil {
+			last.Time, last.OK = st.Time.UTC(), st.OK
+			for _, e := range st.Errors {
+				last.Errors = append(last.Errors, e.Error())
+			}
+			for _, e := range st.Warnings {
+				last.Warnings = append(last.Warnings, e.Error())
+			}
+		}
+		admin.WriteJSON(w, http.StatusOK, map[string]any{"rules": rules, "allowed_ports": ports, "last_reload": last})
+	})
+}
