@@ -1,0 +1,381 @@
+// Package secrets keeps the secrets functions use (API keys, OAuth tokens) in one
+// encrypted file, and serves them: functions read and update values through the
+// runtime API, operators create, list and delete secrets through the admin API or the
+// CLI. A value is never shown to an operator after it is created, and never appears in
+// a log, a metric or an error.
+//
+// Every accepted write is durable before it is acknowledged, and two processes never
+// write at once (flock), so no acknowledged write is lost. A file that fails
+// authentication is never overwritten.
+package secrets
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"regexp"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Limits on what a secret may be.
+const (
+	MaxKeyLen   = 128
+	MaxValueLen = 64 << 10
+)
+
+var keyRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
+
+// The errors operations return; the HTTP layer maps them to status codes.
+var (
+	ErrNotFound = errors.New("no such secret")
+	ErrExists   = errors.New("the secret exists")
+	ErrConflict = errors.New("the secret changed since it was read")
+	ErrInvalid  = errors.New("invalid secret")
+)
+
+// Secret is one secret, with its value hidden behind Value.
+type Secret struct {
+	Key     string
+	Value   Value
+	Version int64
+	Created time.Time
+	Updated time.Time
+	Default bool // seeded by 'egressd secrets init --defaults'
+}
+
+// Info is what a listing shows of a secret: never its value.
+type Info struct {
+	Key     string    `json:"key"`
+	Version int64     `json:"version"`
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
+	Default bool      `json:"default,omitempty"`
+}
+
+// Options configure a Store.
+type Options struct {
+	// File is the secrets file.
+	File string
+	// Key seals every write. PreviousKey, if set, also opens files (during a rotation).
+	Key         Key
+	PreviousKey *Key
+	// Now is the clock for created and updated times. If nil, time.Now.
+	Now        func() time.Time
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Store is an open secrets file. It is safe for concurrent use, and for use by
+// several processes on one file.
+type Store struct {
+	path    string
+	keys    []Key // keys[0] writes
+	now     func() time.Time
+	log     *slog.Logger
+	ops     *prometheus.CounterVec
+	mu      sync.Mutex // serializes writes and reloads in this process
+	snap    atomic.Pointer[snapshot]
+	highest int64 // the highest generation seen; a lower one is a rollback
+}
+
+// snapshot is the content of the file as last read, and which file that was.
+type snapshot struct {
+	p  *payload
+	id fileID
+}
+
+// Create writes a new store at path, sealed with key, holding defaults (marked as
+// such). It refuses to overwrite an existing file.
+func Create(path string, key Key, defaults map[string]string, now time.Time) error {
+	if _, err := os.Stat(path); err == nil {
+		return fmt.Errorf("%s exists; egressd never overwrites a secrets file", path)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	lk, err := lockFile(path + ".lock")
+	if err != nil {
+		return err
+	}
+	defer lk.unlock()
+	p := &payload{Generation: 1, Secrets: map[string]record{}}
+	for k, v := range defaults {
+		if err := validate(k, v); err != nil {
+			return err
+		}
+		p.Secrets[k] = record{Value: v, Version: 1, Created: now.UTC(), Updated: now.UTC(), Default: true}
+	}
+	data, err := seal(key, p)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, data)
+}
+
+// Open reads and authenticates the store at opts.File. A missing, truncated,
+// tampered or foreign file is an error, and the file is left as it is.
+func Open(opts Options) (*Store, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
+	s := &Store{path: opts.File, keys: []Key{opts.Key}, now: opts.Now, log: opts.Logger}
+	if opts.PreviousKey != nil {
+		s.keys = append(s.keys, *opts.PreviousKey)
+	}
+	if _, err := s.reload(); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("secrets file %s does not exist; create it with 'egressd secrets init'", opts.File)
+		}
+		return nil, fmt.Errorf("secrets file %s: %w", opts.File, err)
+	}
+	var err error
+	if s.ops, err = newMetrics(opts.Registerer, s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// reload reads the file if it changed since the last read. s.mu must not be held by
+// another goroutine of ours in a way that waits for this one; callers take it.
+func (s *Store) reload() (*snapshot, error) {
+	id, err := statID(s.path)
+	if err != nil {
+		return nil, err
+	}
+	if cur := s.snap.Load(); cur != nil && cur.id == id {
+		return cur, nil
+	}
+	data, err := os.ReadFile(s.path)
+	if err != nil {
+		return nil, err
+	}
+	p, err := open(data, s.keys)
+	if err != nil {
+		return nil, err
+	}
+	if p.Generation < s.highest {
+		return nil, fmt.Errorf("the secrets file went back from generation %d to %d: it was rolled back; egressd will not serve or overwrite it", s.highest, p.Generation)
+	}
+	s.highest = p.Generation
+	snap := &snapshot{p: p, id: id}
+	s.snap.Store(snap)
+	return snap, nil
+}
+
+// current returns the store as it is on disk now: another process may have written.
+func (s *Store) current() (*snapshot, error) {
+	if id, err := statID(s.path); err == nil {
+		if cur := s.snap.Load(); cur != nil && cur.id == id {
+			return cur, nil // the common case: no lock
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reload()
+}
+
+// Get returns the secret named key.
+func (s *Store) Get(key string) (Secret, error) {
+	snap, err := s.current()
+	if err != nil {
+		s.count("get", err)
+		return Secret{}, err
+	}
+	r, ok := snap.p.Secrets[key]
+	if !ok {
+		s.count("get", ErrNotFound)
+		return Secret{}, ErrNotFound
+	}
+	s.count("get", nil)
+	return secretOf(key, r), nil
+}
+
+// List returns every secret's key, version and times, in key order; default secrets
+// only when all is set. Values are not part of it.
+func (s *Store) List(all bool) ([]Info, error) {
+	snap, err := s.current()
+	if err != nil {
+		s.count("list", err)
+		return nil, err
+	}
+	out := []Info{}
+	for k, r := range snap.p.Secrets {
+		if r.Default && !all {
+			continue
+		}
+		out = append(out, Info{Key: k, Version: r.Version, Created: r.Created, Updated: r.Updated, Default: r.Default})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	s.count("list", nil)
+	return out, nil
+}
+
+// Len is the number of secrets, for the metric.
+func (s *Store) Len() int {
+	if snap := s.snap.Load(); snap != nil {
+		return len(snap.p.Secrets)
+	}
+	return 0
+}
+
+// Update replaces the value of an existing secret and returns its new version. With
+// ifMatch above zero, the update happens only if the secret is still at that version.
+func (s *Store) Update(key, value string, ifMatch int64) (int64, error) {
+	var version int64
+	err := s.write("update", func(p *payload) error {
+		if err := validate(key, value); err != nil {
+			return err
+		}
+		r, ok := p.Secrets[key]
+		if !ok {
+			return ErrNotFound
+		}
+		if ifMatch > 0 && r.Version != ifMatch {
+			return fmt.Errorf("%w: it is at version %d, not %d", ErrConflict, r.Version, ifMatch)
+		}
+		r.Value, r.Version, r.Updated = value, r.Version+1, s.now().UTC()
+		p.Secrets[key] = r
+		version = r.Version
+		return nil
+	})
+	return version, err
+}
+
+// Create adds a new secret.
+func (s *Store) Create(key, value string) (Info, error) {
+	var info Info
+	err := s.write("create", func(p *payload) error {
+		if err := validate(key, value); err != nil {
+			return err
+		}
+		if _, ok := p.Secrets[key]; ok {
+			return ErrExists
+		}
+		now := s.now().UTC()
+		p.Secrets[key] = record{Value: value, Version: 1, Created: now, Updated: now}
+		info = Info{Key: key, Version: 1, Created: now, Updated: now}
+		return nil
+	})
+	return info, err
+}
+
+// Delete removes a secret; the next read of it is ErrNotFound.
+func (s *Store) Delete(key string) error {
+	return s.write("delete", func(p *payload) error {
+		if _, ok := p.Secrets[key]; !ok {
+			return ErrNotFound
+		}
+		delete(p.Secrets, key)
+		return nil
+	})
+}
+
+// Rotate re-seals the store under newKey, which writes from then on; the old key
+// still opens files, as it would as secrets.previous_key_file.
+func (s *Store) Rotate(newKey Key) error {
+	return s.write("rotate", func(*payload) error {
+		s.keys = append([]Key{newKey}, s.keys...) // under s.mu, like every use of s.keys
+		return nil
+	})
+}
+
+// write applies change to the file as it is on disk, under this process's mutex and
+// the file lock, and returns once the result is durable.
+func (s *Store) write(op string, change func(*payload) error) (err error) {
+	defer func() { s.count(op, err) }()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	lk, err := lockFile(s.path + ".lock")
+	if err != nil {
+		return fmt.Errorf("locking the secrets file: %w", err)
+	}
+	defer lk.unlock()
+	snap, err := s.reload()
+	if err != nil {
+		return err
+	}
+	p := snap.p.clone()
+	if err := change(p); err != nil {
+		return err
+	}
+	p.Generation++
+	data, err := seal(s.keys[0], p)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(s.path, data); err != nil {
+		return fmt.Errorf("writing the secrets file: %w", err)
+	}
+	id, err := statID(s.path)
+	if err != nil {
+		return err
+	}
+	s.highest = p.Generation
+	s.snap.Store(&snapshot{p: p, id: id})
+	return nil
+}
+
+func (p *payload) clone() *payload {
+	c := &payload{Generation: p.Generation, Secrets: make(map[string]record, len(p.Secrets)+1)}
+	for k, v := range p.Secrets {
+		c.Secrets[k] = v
+	}
+	return c
+}
+
+func secretOf(key string, r record) Secret {
+	return Secret{Key: key, Value: NewValue(r.Value), Version: r.Version, Created: r.Created, Updated: r.Updated, Default: r.Default}
+}
+
+// validate checks a key and value; the error names the key, never the value.
+func validate(key, value string) error {
+	if !keyRE.MatchString(key) {
+		return fmt.Errorf("%w: key %q: use 1 to %d letters, digits, '-', '_' and '.'", ErrInvalid, truncate(key), MaxKeyLen)
+	}
+	if len(value) > MaxValueLen {
+		return fmt.Errorf("%w: the value of %q is %d bytes; at most %d", ErrInvalid, key, len(value), MaxValueLen)
+	}
+	return nil
+}
+
+func truncate(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "..."
+	}
+	return s
+}
+
+func (s *Store) count(op string, err error) {
+	if s.ops == nil {
+		return
+	}
+	s.ops.WithLabelValues(op, resultOf(err)).Inc()
+}
+
+func resultOf(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, ErrNotFound):
+		return "not_found"
+	case errors.Is(err, ErrExists):
+		return "exists"
+	case errors.Is(err, ErrConflict):
+		return "conflict"
+	case errors.Is(err, ErrInvalid):
+		return "invalid"
+	}
+	return "error"
+}
