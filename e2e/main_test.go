@@ -57,20 +57,28 @@ func egressd(t *testing.T, dir string, args ...string) (stdout, stderr string, c
 // egressdEnv is egressd with more environment variables.
 func egressdEnv(t *testing.T, dir string, env []string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
+	r := execInEnv(t, dir, env, nil, args...)
+	return r.stdout, r.stderr, r.code
+}
+
+// execInEnv runs egressd with more environment variables and a standard input.
+func execInEnv(t *testing.T, dir string, env []string, stdin io.Reader, args ...string) execResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binary, args...)
 	cmd.Dir = dir
+	cmd.Stdin = stdin
 	cmd.Env = append(os.Environ(), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
 	if ee, ok := err.(*exec.ExitError); ok {
-		return out.String(), errb.String(), ee.ExitCode()
+		return execResult{out.String(), errb.String(), ee.ExitCode()}
 	} else if err != nil {
 		t.Fatalf("running egressd %v: %v", args, err)
 	}
-	return out.String(), errb.String(), 0
+	return execResult{out.String(), errb.String(), 0}
 }
 
 // daemon is a running `egressd serve`.

@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -247,6 +249,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.opts.LocalHandler.ServeHTTP(w, r)
 		return
 	}
+	if strings.EqualFold(strings.TrimSuffix(r.URL.Hostname(), "."), LocalHost) {
+		p.serveLocal(w, r)
+		return
+	}
 	ex := &exchange{start: p.opts.Now(), client: r.RemoteAddr, method: r.Method}
 	if p.conns.Load() > int64(p.opts.MaxConnections) {
 		w.Header().Set("Connection", "close")
@@ -283,6 +289,26 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (p *Proxy) finishDetached(ex *exchange) {
 	p.conns.Add(-1) // a hijacked connection gets no StateClosed from the server
 	p.accessLog(ex)
+}
+
+// LocalHost is the reserved host name through which a function whose HTTP client
+// always uses the proxy reaches egressd's own endpoints: http://egressd.internal/...
+// It is never resolved and never forwarded.
+const LocalHost = "egressd.internal"
+
+// serveLocal answers a request for LocalHost with the local handler, as if it had come
+// in origin form.
+func (p *Proxy) serveLocal(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodConnect || r.URL.Scheme != "http" {
+		http.Error(w, "egressd: "+LocalHost+" speaks plain HTTP through the proxy: use http://"+LocalHost+"/...", http.StatusBadRequest)
+		return
+	}
+	r2 := r.Clone(r.Context())
+	r2.URL = &url.URL{Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery}
+	r2.RequestURI = r2.URL.RequestURI()
+	r2.Host = LocalHost
+	removeHopByHop(r2.Header)
+	p.opts.LocalHandler.ServeHTTP(w, r2)
 }
 
 // exchange is what the access log says about one request or tunnel. It travels in

@@ -46,6 +46,7 @@ func commands() []command {
 		{"explain", "[--config FILE] HOST[:PORT] | URL", "say whether a target is allowed, by which rule, or why not", runExplain},
 		{"trace", "[--config FILE | --admin URL] URL", "follow a URL's redirects and check every hop against the policy", runTrace},
 		{"denials", "[--admin URL] [--token-file FILE]", "show what a running egressd denied most recently", runDenials},
+		{"secrets", "list|create|delete|init|rotate-key", "manage the encrypted secret store", runSecrets},
 		{"version", "", "print the version", runVersion},
 	}
 }

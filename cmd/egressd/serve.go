@@ -26,6 +26,7 @@ import (
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/proxy"
 	"github.com/egressd/egressd/resolver"
+	"github.com/egressd/egressd/secrets"
 )
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -54,9 +55,16 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 		return err
 	}
 	addrGuard := guard.New(allowPrivate(c))
+	// A secrets file that does not open (wrong key, tampered, truncated) stops egressd
+	// here, before any listener, and is left as it is.
+	store, runtimeAPI, err := openSecrets(c, log, reg)
+	if err != nil {
+		return err
+	}
 	denials := diag.NewDenials(c.Admin.DenialTargets)
 	p, err := proxy.New(proxy.Options{
 		Denials:             denials,
+		LocalHandler:        runtimeAPI,
 		Resolver:            res,
 		Guard:               addrGuard,
 		Report:              c.Mode == config.ModeReport,
@@ -139,6 +147,9 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 		h, err := adminHandler(adminToken, tracer, denials, reloader, p)
 		if err != nil {
 			return err
+		}
+		if store != nil {
+			secrets.AdminRoutes(store, h.Handle)
 		}
 		ln, err := net.Listen("tcp", c.Admin.Listen)
 		if err != nil {

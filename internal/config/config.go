@@ -52,6 +52,8 @@ type Config struct {
 	DNS DNS `yaml:"dns"`
 	// Admin configures the authenticated admin API.
 	Admin Admin `yaml:"admin"`
+	// Secrets configures the encrypted secret store.
+	Secrets Secrets `yaml:"secrets"`
 	// Log configures the process log on stderr.
 	Log Log `yaml:"log"`
 
@@ -133,6 +135,20 @@ type Admin struct {
 	DenialTargets int `yaml:"denial_targets"`
 }
 
+// Secrets configures the secret store. With File empty there is no store.
+type Secrets struct {
+	// File is the encrypted secrets file ('egressd secrets init' creates it).
+	File string `yaml:"file"`
+	// KeyFile holds the master key (32 bytes, base64), mode 0600. If empty, the key
+	// comes from the environment variable EGRESSD_SECRETS_KEY.
+	KeyFile string `yaml:"key_file"`
+	// PreviousKeyFile, during a key rotation, holds the old key, to read with.
+	PreviousKeyFile string `yaml:"previous_key_file"`
+	// RuntimeTokenFile, if set, holds a token that functions must send as
+	// "Authorization: Bearer <token>" to the runtime API.
+	RuntimeTokenFile string `yaml:"runtime_token_file"`
+}
+
 // Log configures logging.
 type Log struct {
 	// Level is debug, info, warn or error. If empty, info is used.
@@ -198,8 +214,10 @@ func LoadFile(name string) (*Config, error) {
 		return nil, err
 	}
 	c.DNS.HostsFile, c.DNS.ResolvConf = relative(c.DNS.HostsFile), relative(c.DNS.ResolvConf)
-	if c.Admin.TokenFile != "" {
-		c.Admin.TokenFile = relative(c.Admin.TokenFile)
+	for _, p := range []*string{&c.Admin.TokenFile, &c.Secrets.File, &c.Secrets.KeyFile, &c.Secrets.PreviousKeyFile, &c.Secrets.RuntimeTokenFile} {
+		if *p != "" {
+			*p = relative(*p)
+		}
 	}
 	return c, nil
 }
@@ -390,6 +408,9 @@ func (c *Config) validate(root *yaml.Node) error {
 	}
 	if c.DNS.MinTTL > c.DNS.MaxTTL {
 		add([]string{"dns", "min_ttl"}, "%s is above max_ttl (%s)", c.DNS.MinTTL, c.DNS.MaxTTL)
+	}
+	if c.Secrets.File == "" && (c.Secrets.KeyFile != "" || c.Secrets.PreviousKeyFile != "" || c.Secrets.RuntimeTokenFile != "") {
+		add([]string{"secrets"}, "key files are set but secrets.file is not; name the secrets file, or remove the section")
 	}
 	if len(c.Allowlist) == 0 {
 		add([]string{"allowlist"}, "no allowlist files or directories; add at least one, such as allowlist.d/")

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/egressd/egressd/secrets"
+)
+
+const secretsUsage = `Usage: egressd secrets COMMAND [flags]
+
+Commands:
+  list [--all] [--json]          keys, versions and times (never values); --all shows default secrets
+  create KEY                     create a secret; the value is read from standard input
+  delete KEY                     delete a secret; functions get 404 from then on
+  init --file F --key-file K [--defaults FILE]
+                                 create a new key file and an empty store (optionally seeded)
+  rotate-key --file F --key-file K --new-key-file NEW
+                                 generate a new key into NEW and re-encrypt the store under it
+
+list, create and delete talk to the running egressd's admin API (--admin URL, --token-file
+FILE or EGRESSD_ADMIN_TOKEN); with --file and --key-file (or EGRESSD_SECRETS_KEY) they work
+on the file directly, for provisioning when no egressd runs.
+`
+
+func runSecrets(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return runSecretsIO(ctx, args, os.Stdin, stdout, stderr)
+}
+
+func runSecretsIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 || isHelp(args[0]) {
+		fmt.Fprint(stderr, secretsUsage)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	cmd, args := args[0], args[1:]
+	fs := newFlagSet("secrets "+cmd, "", "Run 'egressd secrets --help' for the commands", stderr)
+	af := addAdminFlags(fs)
+	file := fs.String("file", "", "work on this secrets `file` directly, not through a running egressd")
+	keyFile := fs.String("key-file", "", "the master key `file` for --file (or EGRESSD_SECRETS_KEY)")
+	all := fs.Bool("all", false, "list: include default secrets")
+	asJSON := fs.Bool("json", false, "list: print JSON")
+	defaults := fs.String("defaults", "", "init: seed the store with the key: value pairs of this YAML or JSON `file`")
+	newKeyFile := fs.String("new-key-file", "", "rotate-key: where to write the new key (must not exist)")
+	pos, code, ok := parseFlags(fs, args)
+	if !ok {
+		return code
+	}
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "egressd secrets %s: %v\n", cmd, err)
+		return exitFail
+	}
+	usage := func(msg string) int {
+		fmt.Fprintf(stderr, "egressd secrets %s: %s\n", cmd, msg)
+		return exitUsage
+	}
+	wantArgs := map[string]int{"list": 0, "create": 1, "delete": 1, "init": 0, "rotate-key": 0}
+	n, known := wantArgs[cmd]
+	if !known {
+		return usage("unknown command; run 'egressd secrets --help'")
+	}
+	if len(pos) != n {
+		return usage(fmt.Sprintf("takes %d argument(s), got %d", n, len(pos)))
+	}
+
+	switch cmd {
+	case "init":
+		if *file == "" || *keyFile == "" {
+			return usage("give --file and --key-file: both are created, neither may exist")
+		}
+		seed, err := readDefaults(*defaults)
+		if err != nil {
+			return fail(err)
+		}
+		return doInit(*file, *keyFile, seed, stdout, fail)
+	case "rotate-key":
+		if *file == "" || *keyFile == "" || *newKeyFile == "" {
+			return usage("give --file, --key-file (the current key) and --new-key-file (created, must not exist)")
+		}
+		return doRotate(*file, *keyFile, *newKeyFile, stdout, fail)
+	}
+
+	var value string
+	if cmd == "create" {
+		data, err := io.ReadAll(io.LimitReader(stdin, secrets.MaxValueLen+2))
+		if err != nil {
+			return fail(err)
+		}
+		value = strings.TrimSuffix(strings.TrimSuffix(string(data), "\n"), "\r")
+	}
+
+	if *file != "" {
+		store, err := openFileStore(*file, *keyFile, stderr)
+		if err != nil {
+			return fail(err)
+		}
+		switch cmd {
+		case "list":
+			list, err := store.List(*all)
+			if err != nil {
+				return fail(err)
+			}
+			printSecrets(stdout, list, *asJSON)
+		case "create":
+			info, err := store.Create(pos[0], value)
+			if err != nil {
+				return fail(err)
+			}
+			fmt.Fprintf(stdout, "created %s (version %d)\n", info.Key, info.Version)
+		case "delete":
+			if err := store.Delete(pos[0]); err != nil {
+				return fail(err)
+			}
+			fmt.Fprintf(stdout, "deleted %s\n", pos[0])
+		}
+		return exitOK
+	}
+
+	c, err := af.client()
+	if err != nil {
+		return usage(err.Error())
+	}
+	switch cmd {
+	case "list":
+		path := "/v1/secrets"
+		if *all {
+			path += "?all=true"
+		}
+		var resp struct{ Secrets []secrets.Info }
+		if err := c.get(ctx, path, &resp); err != nil {
+			return fail(err)
+		}
+		printSecrets(stdout, resp.Secrets, *asJSON)
+	case "create":
+		body, _ := json.Marshal(map[string]string{"key": pos[0], "value": value})
+		var info secrets.Info
+		if err := c.do(ctx, "POST", "/v1/secrets", bytes.NewReader(body), &info); err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stdout, "created %s (version %d)\n", info.Key, info.Version)
+	case "delete":
+		if err := c.do(ctx, "DELETE", "/v1/secrets/"+pos[0], nil, nil); err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stdout, "deleted %s\n", pos[0])
+	}
+	return exitOK
+}
+
+func openFileStore(file, keyFile string, stderr io.Writer) (*secrets.Store, error) {
+	var key secrets.Key
+	var err error
+	warn := func(msg string) { fmt.Fprintln(stderr, "warning:", msg) }
+	switch {
+	case keyFile != "":
+		key, err = secrets.ReadKeyFile(keyFile, warn)
+	case os.Getenv("EGRESSD_SECRETS_KEY") != "":
+		key, err = secrets.ParseKey(os.Getenv("EGRESSD_SECRETS_KEY"))
+	default:
+		err = fmt.Errorf("give --key-file or set EGRESSD_SECRETS_KEY")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return secrets.Open(secrets.Options{File: file, Key: key})
+}
+
+func doInit(file, keyFile string, seed map[string]string, stdout io.Writer, fail func(error) int) int {
+	if _, err := os.Stat(file); err == nil {
+		return fail(fmt.Errorf("%s exists; egressd never overwrites a secrets file", file))
+	}
+	key, err := secrets.GenerateKey()
+	if err != nil {
+		return fail(err)
+	}
+	if err := secrets.WriteKeyFile(keyFile, key); err != nil {
+		return fail(err)
+	}
+	if err := secrets.Create(file, key, seed, time.Now()); err != nil {
+		return fail(err)
+	}
+	fmt.Fprintf(stdout, "created %s (key id %s) and %s with %d default secret(s)\n", keyFile, key.ID(), file, len(seed))
+	return exitOK
+}
+
+func doRotate(file, keyFile, newKeyFile string, stdout io.Writer, fail func(error) int) int {
+	store, err := openFileStore(file, keyFile, io.Discard)
+	if err != nil {
+		return fail(err)
+	}
+	key, err := secrets.GenerateKey()
+	if err != nil {
+		return fail(err)
+	}
+	if err := secrets.WriteKeyFile(newKeyFile, key); err != nil {
+		return fail(err)
+	}
+	if err := store.Rotate(key); err != nil {
+		return fail(fmt.Errorf("the new key is in %s but the store was not re-encrypted: %w", newKeyFile, err))
+	}
+	fmt.Fprintf(stdout, "re-encrypted %s under the new key in %s (key id %s).\n"+
+		"Now set secrets.key_file to %s and secrets.previous_key_file to %s, and restart egressd;\n"+
+		"once every egressd runs with the new key, remove previous_key_file and the old key.\n",
+		file, newKeyFile, key.ID(), newKeyFile, keyFile)
+	return exitOK
+}
+
+// readDefaults reads a YAML (or JSON) map of default secrets.
+func readDefaults(path string) (map[string]string, error) {
+	if path == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]string
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&m); err != nil && err != io.EOF {
+		return nil, fmt.Errorf("%s: the defaults are a map of key: value strings", path)
+	}
+	return m, nil
+}
+
+func printSecrets(w io.Writer, list []secrets.Info, asJSON bool) {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(map[string]any{"secrets": list})
+		return
+	}
+	if len(list) == 0 {
+		fmt.Fprintln(w, "no secrets")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KEY\tVERSION\tCREATED (UTC)\tUPDATED (UTC)\t")
+	for _, s := range list {
+		def := ""
+		if s.Default {
+			def = "default"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", s.Key, s.Version, s.Created.UTC().Format(time.DateTime), s.Updated.UTC().Format(time.DateTime), def)
+	}
+	tw.Flush()
+}

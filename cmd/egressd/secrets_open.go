@@ -1,0 +1,68 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/egressd/egressd/admin"
+	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/secrets"
+)
+
+// secretsKeys reads the master key (secrets.key_file, or EGRESSD_SECRETS_KEY) and
+// the previous key of a rotation, if any.
+func secretsKeys(c *config.Config, log *slog.Logger) (secrets.Key, *secrets.Key, error) {
+	warn := func(msg string) { log.Warn(msg) }
+	var key secrets.Key
+	var err error
+	switch {
+	case c.Secrets.KeyFile != "":
+		key, err = secrets.ReadKeyFile(c.Secrets.KeyFile, warn)
+	case os.Getenv("EGRESSD_SECRETS_KEY") != "":
+		key, err = secrets.ParseKey(os.Getenv("EGRESSD_SECRETS_KEY"))
+		if err != nil {
+			err = fmt.Errorf("EGRESSD_SECRETS_KEY: %w", err)
+		}
+	default:
+		err = errors.New("no secrets key: set secrets.key_file or EGRESSD_SECRETS_KEY")
+	}
+	if err != nil {
+		return secrets.Key{}, nil, err
+	}
+	if c.Secrets.PreviousKeyFile == "" {
+		return key, nil, nil
+	}
+	prev, err := secrets.ReadKeyFile(c.Secrets.PreviousKeyFile, warn)
+	if err != nil {
+		return secrets.Key{}, nil, err
+	}
+	return key, &prev, nil
+}
+
+// openSecrets opens the configured store and returns the runtime API for it; with no
+// store configured, both are nil.
+func openSecrets(c *config.Config, log *slog.Logger, reg prometheus.Registerer) (*secrets.Store, http.Handler, error) {
+	if c.Secrets.File == "" {
+		return nil, nil, nil
+	}
+	key, prev, err := secretsKeys(c, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := secrets.Open(secrets.Options{File: c.Secrets.File, Key: key, PreviousKey: prev, Logger: log, Registerer: reg})
+	if err != nil {
+		return nil, nil, err
+	}
+	token := ""
+	if c.Secrets.RuntimeTokenFile != "" {
+		if token, err = admin.ReadToken(c.Secrets.RuntimeTokenFile); err != nil {
+			return nil, nil, fmt.Errorf("secrets runtime token: %w", err)
+		}
+	}
+	return store, secrets.RuntimeHandler(store, token), nil
+}

@@ -1,0 +1,178 @@
+package secrets
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// secretJSON is the runtime API's answer for one secret: the one place a value is
+// revealed, to the function that asked for it.
+type secretJSON struct {
+	Key     string `json:"key"`
+	Value   string `json:"value"`
+	Version int64  `json:"version"`
+}
+
+// RuntimeHandler serves the function runtime API: GET and PUT /v1/secrets/{key}.
+// Functions read and update; they cannot create or delete (405). With a non-empty
+// token, every request needs "Authorization: Bearer <token>".
+func RuntimeHandler(s *Store, token string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/secrets/{key}", func(w http.ResponseWriter, r *http.Request) {
+		sec, err := s.Get(r.PathValue("key"))
+		if err != nil {
+			writeStoreError(w, r.PathValue("key"), err)
+			return
+		}
+		writeJSON(w, http.StatusOK, secretJSON{Key: sec.Key, Value: sec.Value.Reveal(), Version: sec.Version})
+	})
+	mux.HandleFunc("PUT /v1/secrets/{key}", func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			Value *string `json:"value"`
+		}
+		if err := decodeBody(r, &body); err != nil || body.Value == nil {
+			writeError(w, http.StatusBadRequest, `the body must be JSON: {"value": "..."}`)
+			return
+		}
+		ifMatch, ok := parseIfMatch(r.Header.Get("If-Match"))
+		if !ok {
+			writeError(w, http.StatusBadRequest, `If-Match must be the version you read, such as "3"`)
+			return
+		}
+		key := r.PathValue("key")
+		v, err := s.Update(key, *body.Value, ifMatch)
+		if err != nil {
+			writeStoreError(w, key, err)
+			return
+		}
+		w.Header().Set("ETag", strconv.Quote(strconv.FormatInt(v, 10)))
+		writeJSON(w, http.StatusOK, map[string]any{"key": key, "version": v})
+	})
+	for _, m := range []string{"POST", "DELETE"} {
+		mux.HandleFunc(m+" /v1/secrets/{key}", func(w http.ResponseWriter, _ *http.Request) {
+			s.count(strings.ToLower(m), errForbidden)
+			w.Header().Set("Allow", "GET, PUT")
+			writeError(w, http.StatusMethodNotAllowed, "functions read and update secrets; operators create and delete them through the admin API")
+		})
+	}
+	mux.HandleFunc("POST /v1/secrets", func(w http.ResponseWriter, _ *http.Request) {
+		s.count("create", errForbidden)
+		writeError(w, http.StatusMethodNotAllowed, "functions cannot create secrets; operators do, through the admin API")
+	})
+	return withToken(token, s, mux)
+}
+
+var errForbidden = errors.New("not allowed for functions")
+
+// withToken requires the runtime token when one is configured.
+func withToken(token string, s *Store, next http.Handler) http.Handler {
+	if token == "" {
+		return next
+	}
+	want := sha256.Sum256([]byte(token))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(strings.TrimSpace(got)))
+		if subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
+			s.ops.WithLabelValues("auth", "unauthorized").Inc()
+			w.Header().Set("WWW-Authenticate", `Bearer realm="egressd secrets"`)
+			writeError(w, http.StatusUnauthorized, "missing or wrong runtime token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// AdminRoutes are the operators' endpoints, for the admin API: list (keys, versions
+// and times only), create, delete.
+func AdminRoutes(s *Store, handle func(pattern string, h http.Handler)) {
+	handle("GET /v1/secrets", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		list, err := s.List(r.URL.Query().Get("all") == "true")
+		if err != nil {
+			writeStoreError(w, "", err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"secrets": list})
+	}))
+	handle("POST /v1/secrets", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			Key   string  `json:"key"`
+			Value *string `json:"value"`
+		}
+		if err := decodeBody(r, &body); err != nil || body.Value == nil {
+			writeError(w, http.StatusBadRequest, `the body must be JSON: {"key": "...", "value": "..."}`)
+			return
+		}
+		info, err := s.Create(body.Key, *body.Value)
+		if err != nil {
+			writeStoreError(w, body.Key, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, info)
+	}))
+	handle("DELETE /v1/secrets/{key}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := s.Delete(r.PathValue("key")); err != nil {
+			writeStoreError(w, r.PathValue("key"), err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+}
+
+// decodeBody reads a JSON body of bounded size. Its error never quotes the body: a
+// decoder's message can hold a piece of the value.
+func decodeBody(r *http.Request, v any) error {
+	data, err := io.ReadAll(io.LimitReader(r.Body, MaxValueLen*2+4096))
+	if err != nil {
+		return errors.New("reading the body failed")
+	}
+	if json.Unmarshal(data, v) != nil {
+		return errors.New("the body is not valid JSON")
+	}
+	return nil
+}
+
+// parseIfMatch reads If-Match: "3", 3 or W/"3". Empty means no condition (0).
+func parseIfMatch(h string) (int64, bool) {
+	h = strings.TrimSpace(h)
+	if h == "" {
+		return 0, true
+	}
+	h = strings.Trim(strings.TrimPrefix(h, "W/"), `"`)
+	v, err := strconv.ParseInt(h, 10, 64)
+	return v, err == nil && v > 0
+}
+
+func writeStoreError(w http.ResponseWriter, key string, err error) {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, "no secret "+strconv.Quote(key))
+	case errors.Is(err, ErrExists):
+		writeError(w, http.StatusConflict, "secret "+strconv.Quote(key)+" exists; delete it first, or update its value through the runtime API")
+	case errors.Is(err, ErrConflict):
+		writeError(w, http.StatusPreconditionFailed, err.Error()+"; read it again and retry")
+	case errors.Is(err, ErrInvalid):
+		writeError(w, http.StatusBadRequest, err.Error())
+	default:
+		// The store's own errors name files and keys, never values.
+		writeError(w, http.StatusServiceUnavailable, "the secret store is unavailable: "+err.Error())
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
