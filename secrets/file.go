@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/egressd/egressd/internal/atomicfile"
 )
 
 // The file is a header followed by the AES-256-GCM sealed payload. The whole header
@@ -121,7 +123,7 @@ func WriteKeyFile(path string, k Key) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return atomicfile.SyncDir(filepath.Dir(path))
 }
 
 // record is a secret as stored, inside the sealed payload.
@@ -214,54 +216,6 @@ func gcm(k Key) (cipher.AEAD, error) {
 		return nil, err
 	}
 	return cipher.NewGCM(block)
-}
-
-// writeFileAtomic replaces path with data durably: a temporary file in the same
-// directory, written and fsynced, the old file kept as path.bak (a hard link, so the
-// name path never disappears), a rename over path, and an fsync of the directory.
-// Once it returns, the new content survives a crash.
-func writeFileAtomic(path string, data []byte) error {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*") // mode 0600
-	if err != nil {
-		return err
-	}
-	tmpName := tmp.Name()
-	defer os.Remove(tmpName) // after a successful rename there is nothing to remove
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	bak := path + ".bak"
-	if _, err := os.Stat(path); err == nil {
-		os.Remove(bak)
-		if err := os.Link(path, bak); err != nil {
-			return fmt.Errorf("keeping the previous version as %s: %w", bak, err)
-		}
-	}
-	if err := os.Rename(tmpName, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // fileID tells whether the file changed since it was read: a rename gives a new inode.

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/egressd/egressd/internal/atomicfile"
 )
 
 // Limits on what a secret may be.
@@ -115,7 +117,7 @@ func Create(path string, key Key, defaults map[string]string, now time.Time) err
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, data)
+	return atomicfile.Write(path, data)
 }
 
 // Open reads and authenticates the store at opts.File. A missing, truncated,
@@ -315,7 +317,7 @@ func (s *Store) write(op string, change func(*payload) error) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(s.path, data); err != nil {
+	if err := atomicfile.Write(s.path, data); err != nil {
 		return fmt.Errorf("writing the secrets file: %w", err)
 	}
 	id, err := statID(s.path)
