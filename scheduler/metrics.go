@@ -1,0 +1,44 @@
+package scheduler
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics' labels are bounded: functions come from the functions file, schedules
+// number at most max_schedules, and a deleted schedule's series are removed.
+type metrics struct {
+	invocations *prometheus.CounterVec // function, result
+	lastRun     *prometheus.GaugeVec   // schedule
+	lastSuccess *prometheus.GaugeVec   // schedule
+	schedules   prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer, _ *Scheduler) (*metrics, error) {
+	m := &metrics{
+		invocations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressd_schedule_invocations_total",
+			Help: "Scheduled invocations by function and result (success, failure, skipped).",
+		}, []string{"function", "result"}),
+		lastRun: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "egressd_schedule_last_run_timestamp_seconds",
+			Help: "Unix time the schedule's last invocation started.",
+		}, []string{"schedule"}),
+		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "egressd_schedule_last_success",
+			Help: "1 if the schedule's last invocation succeeded, 0 if it failed.",
+		}, []string{"schedule"}),
+		schedules: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "egressd_schedules",
+			Help: "Schedules defined.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.invocations, m.lastRun, m.lastSuccess, m.schedules} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) forget(id string) {
+	m.lastRun.DeleteLabelValues(id)
+	m.lastSuccess.DeleteLabelValues(id)
+}
