@@ -47,6 +47,7 @@ func commands() []command {
 		{"trace", "[--config FILE | --admin URL] URL", "follow a URL's redirects and check every hop against the policy", runTrace},
 		{"denials", "[--admin URL] [--token-file FILE]", "show what a running egressd denied most recently", runDenials},
 		{"secrets", "list|create|delete|init|rotate-key", "manage the encrypted secret store", runSecrets},
+		{"schedules", "list|create|delete|run", "manage cron schedules of a running egressd", runSchedules},
 		{"version", "", "print the version", runVersion},
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/proxy"
 	"github.com/egressd/egressd/resolver"
+	"github.com/egressd/egressd/scheduler"
 	"github.com/egressd/egressd/secrets"
 )
 
@@ -58,6 +59,10 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 	// A secrets file that does not open (wrong key, tampered, truncated) stops egressd
 	// here, before any listener, and is left as it is.
 	store, runtimeAPI, err := openSecrets(c, log, reg)
+	if err != nil {
+		return err
+	}
+	sched, err := openScheduler(c, log, reg)
 	if err != nil {
 		return err
 	}
@@ -151,6 +156,9 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 		if store != nil {
 			secrets.AdminRoutes(store, h.Handle)
 		}
+		if sched != nil {
+			scheduler.AdminRoutes(sched, h.Handle)
+		}
 		ln, err := net.Listen("tcp", c.Admin.Listen)
 		if err != nil {
 			return fmt.Errorf("admin listener: %w", err)
@@ -183,6 +191,15 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 			}
 		}()
 	}
+	schedDone := make(chan struct{})
+	if sched != nil {
+		go func() {
+			runScheduler(watchCtx, sched, c.Scheduler.FunctionsFile, log)
+			close(schedDone)
+		}()
+	} else {
+		close(schedDone)
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -208,6 +225,7 @@ loop:
 
 	log.Info("shutting down", "drain", c.Proxy.DrainTimeout.String())
 	stopWatch()
+	<-schedDone // invocations in flight finish (each within scheduler.invoke_timeout)
 	drainCtx, cancel := context.WithTimeout(context.Background(), c.Proxy.DrainTimeout)
 	defer cancel()
 	if err := p.Shutdown(drainCtx); err != nil {

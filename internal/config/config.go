@@ -54,6 +54,8 @@ type Config struct {
 	Admin Admin `yaml:"admin"`
 	// Secrets configures the encrypted secret store.
 	Secrets Secrets `yaml:"secrets"`
+	// Scheduler configures the cron schedule runner.
+	Scheduler Scheduler `yaml:"scheduler"`
 	// Log configures the process log on stderr.
 	Log Log `yaml:"log"`
 
@@ -149,6 +151,22 @@ type Secrets struct {
 	RuntimeTokenFile string `yaml:"runtime_token_file"`
 }
 
+// Scheduler configures the schedule runner. Without a functions file it is off.
+type Scheduler struct {
+	// Enabled runs schedules in this egressd. If unset, true; set it to false on every
+	// replica but one.
+	Enabled *bool `yaml:"enabled"`
+	// FunctionsFile lists the functions (name, url, state); hot-reloaded.
+	FunctionsFile string `yaml:"functions_file"`
+	// StateFile keeps schedules and their state across restarts. If empty, schedules
+	// live in memory only and are gone after a restart.
+	StateFile string `yaml:"state_file"`
+	// MaxSchedules bounds the schedules in total. If zero, 10.
+	MaxSchedules int `yaml:"max_schedules"`
+	// InvokeTimeout bounds one invocation. If zero, 30s.
+	InvokeTimeout time.Duration `yaml:"invoke_timeout"`
+}
+
 // Log configures logging.
 type Log struct {
 	// Level is debug, info, warn or error. If empty, info is used.
@@ -185,6 +203,12 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.DNS.HostsFile, "/etc/hosts")
 	setDefault(&c.Admin.Listen, "127.0.0.1:9091")
 	setDefault(&c.Admin.DenialTargets, 1000)
+	if c.Scheduler.Enabled == nil {
+		t := true
+		c.Scheduler.Enabled = &t
+	}
+	setDefault(&c.Scheduler.MaxSchedules, 10)
+	setDefault(&c.Scheduler.InvokeTimeout, 30*time.Second)
 	setDefault(&c.Log.Level, "info")
 	setDefault(&c.Log.Format, "json")
 }
@@ -214,7 +238,8 @@ func LoadFile(name string) (*Config, error) {
 		return nil, err
 	}
 	c.DNS.HostsFile, c.DNS.ResolvConf = relative(c.DNS.HostsFile), relative(c.DNS.ResolvConf)
-	for _, p := range []*string{&c.Admin.TokenFile, &c.Secrets.File, &c.Secrets.KeyFile, &c.Secrets.PreviousKeyFile, &c.Secrets.RuntimeTokenFile} {
+	for _, p := range []*string{&c.Admin.TokenFile, &c.Secrets.File, &c.Secrets.KeyFile, &c.Secrets.PreviousKeyFile,
+		&c.Secrets.RuntimeTokenFile, &c.Scheduler.FunctionsFile, &c.Scheduler.StateFile} {
 		if *p != "" {
 			*p = relative(*p)
 		}
@@ -411,6 +436,9 @@ func (c *Config) validate(root *yaml.Node) error {
 	}
 	if c.Secrets.File == "" && (c.Secrets.KeyFile != "" || c.Secrets.PreviousKeyFile != "" || c.Secrets.RuntimeTokenFile != "") {
 		add([]string{"secrets"}, "key files are set but secrets.file is not; name the secrets file, or remove the section")
+	}
+	if c.Scheduler.MaxSchedules < 0 || c.Scheduler.InvokeTimeout < 0 {
+		add([]string{"scheduler"}, "max_schedules and invoke_timeout cannot be negative")
 	}
 	if len(c.Allowlist) == 0 {
 		add([]string{"allowlist"}, "no allowlist files or directories; add at least one, such as allowlist.d/")

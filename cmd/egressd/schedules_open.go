@@ -1,0 +1,57 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/reload"
+	"github.com/egressd/egressd/internal/watch"
+	"github.com/egressd/egressd/scheduler"
+)
+
+// openScheduler loads the functions file and the schedule state. With the scheduler
+// disabled or no functions file, it returns nil.
+func openScheduler(c *config.Config, log *slog.Logger, reg prometheus.Registerer) (*scheduler.Scheduler, error) {
+	if !*c.Scheduler.Enabled || c.Scheduler.FunctionsFile == "" {
+		return nil, nil
+	}
+	fns, err := scheduler.LoadFunctions(c.Scheduler.FunctionsFile)
+	if err != nil {
+		return nil, err
+	}
+	s, err := scheduler.New(scheduler.Options{
+		StateFile:     c.Scheduler.StateFile,
+		MaxSchedules:  c.Scheduler.MaxSchedules,
+		InvokeTimeout: c.Scheduler.InvokeTimeout,
+		Logger:        log,
+		Registerer:    reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.SetFunctions(fns)
+	return s, nil
+}
+
+// runScheduler runs s until ctx is done, and reloads the functions file on every
+// change; a file that fails to load leaves the functions in force.
+func runScheduler(ctx context.Context, s *scheduler.Scheduler, functionsFile string, log *slog.Logger) {
+	go func() {
+		err := watch.Paths(ctx, []string{functionsFile}, reload.DefaultDebounce, log, func() {
+			fns, err := scheduler.LoadFunctions(functionsFile)
+			if err != nil {
+				log.Error("functions file not reloaded; the functions in force stay", "error", err)
+				return
+			}
+			s.SetFunctions(fns)
+			log.Info("functions reloaded", "functions", len(fns))
+		})
+		if err != nil {
+			log.Error("functions file watcher stopped", "error", err)
+		}
+	}()
+	s.Run(ctx)
+}

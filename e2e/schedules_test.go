@@ -1,0 +1,156 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// invocation is what a function server received.
+type invocation struct {
+	at                    time.Time
+	body, id, scheduledAt string
+}
+
+func functionServer(t *testing.T) (*httptest.Server, func() []invocation) {
+	t.Helper()
+	var mu sync.Mutex
+	var got []invocation
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		got = append(got, invocation{time.Now(), string(b), r.Header.Get("X-Egressd-Schedule-Id"), r.Header.Get("X-Egressd-Scheduled-Time")})
+		mu.Unlock()
+		w.WriteHeader(204)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, func() []invocation {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]invocation(nil), got...)
+	}
+}
+
+func schedulerDaemon(t *testing.T, dir, fnURL string) (*daemon, string, []string) {
+	t.Helper()
+	writeFile(t, filepath.Join(dir, "functions.yaml"), fmt.Sprintf(
+		"functions:\n  - name: refresh-token\n    url: %s/\n    state: productive\n  - name: wip\n    url: %s/\n    state: draft\n", fnURL, fnURL))
+	writeFile(t, filepath.Join(dir, "admin.token"), "sched-token\n")
+	d := startDaemon(t, daemonConfig{extra: fmt.Sprintf(
+		"admin:\n  listen: 127.0.0.1:0\n  token_file: %s\nscheduler:\n  functions_file: %s\n  state_file: %s\n",
+		filepath.Join(dir, "admin.token"), filepath.Join(dir, "functions.yaml"), filepath.Join(dir, "schedules.json"))})
+	var started struct{ Admin string }
+	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
+	return d, "http://" + started.Admin, []string{"EGRESSD_ADMIN_TOKEN=sched-token"}
+}
+
+func TestSchedulesCLI(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fn, calls := functionServer(t)
+	d, admin, env := schedulerDaemon(t, dir, fn.URL)
+	sched := func(args ...string) execResult {
+		t.Helper()
+		return execInEnv(t, dir, env, nil, append([]string{"schedules"}, append(args, "--admin", admin)...)...)
+	}
+
+	refusals := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"create", "--function", "refresh-token", "--cron", "CRON_TZ=Europe/Berlin 0 6 * * *"}, "schedules always run in UTC"},
+		{[]string{"create", "--function", "refresh-token", "--cron", "0 0 6 * * *"}, "a seconds field is not supported"},
+		{[]string{"create", "--function", "refresh-token", "--cron", "@every 30s"}, "more often than once a minute"},
+		{[]string{"create", "--function", "refresh-token", "--cron", "0 0 30 2 *"}, "it never fires"},
+		{[]string{"create", "--function", "wip", "--cron", "@hourly"}, `function "wip" is draft`},
+		{[]string{"create", "--function", "gone", "--cron", "@hourly"}, `no function "gone"`},
+		{[]string{"create", "--function", "refresh-token", "--cron", "@hourly", "--payload", "{not json"}, "not valid JSON"},
+		{[]string{"create", "--function", "refresh-token", "--cron", "@hourly", "--payload", `{"t":"` + strings.Repeat("ü", 7993) + `"}`}, "the payload is 8001 characters"},
+	}
+	for _, r := range refusals {
+		res := sched(r.args...)
+		if res.code != 1 || !strings.Contains(res.stderr, r.want) {
+			t.Errorf("schedules %v = exit %d, %q; want 1 and %q", r.args[:5], res.code, res.stderr, r.want)
+		}
+	}
+
+	writeFile(t, filepath.Join(dir, "payload.json"), `{"scope":"read write"}`)
+	res := sched("create", "--function", "refresh-token", "--cron", "*/50 * * * *", "--payload", "@"+filepath.Join(dir, "payload.json"))
+	if res.code != 0 || !strings.HasPrefix(res.stdout, "created ") {
+		t.Fatalf("create = exit %d, %q %q", res.code, res.stdout, res.stderr)
+	}
+	id := strings.TrimSuffix(strings.Fields(res.stdout)[1], ":")
+
+	res = sched("run", id)
+	if res.code != 0 || !strings.Contains(res.stdout, "success (204") {
+		t.Errorf("run = exit %d, %q %q", res.code, res.stdout, res.stderr)
+	}
+	if got := calls(); len(got) != 1 || got[0].body != `{"scope":"read write"}` || got[0].id != id {
+		t.Errorf("the function received %+v", got)
+	} else if _, err := time.Parse(time.RFC3339, got[0].scheduledAt); err != nil || !strings.HasSuffix(got[0].scheduledAt, "Z") {
+		t.Errorf("X-Egressd-Scheduled-Time = %q; want RFC 3339 UTC", got[0].scheduledAt)
+	}
+	res = sched("list")
+	if res.code != 0 || !strings.Contains(res.stdout, id) || !strings.Contains(res.stdout, "UTC") || !strings.Contains(res.stdout, "success (204") {
+		t.Errorf("list = exit %d:\n%s", res.code, res.stdout)
+	}
+	if v := d.metric(`egressd_schedule_invocations_total{function="refresh-token",result="success"}`); v != 1 {
+		t.Errorf("invocations metric = %v; want 1", v)
+	}
+
+	// A restart keeps the schedule.
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	<-d.done
+	d2, admin2, _ := schedulerDaemon(t, dir, fn.URL)
+	res = execInEnv(t, dir, env, nil, "schedules", "list", "--json", "--admin", admin2)
+	if res.code != 0 || !strings.Contains(res.stdout, id) || !strings.Contains(res.stdout, `"last_outcome": "success"`) {
+		t.Errorf("after a restart list = exit %d:\n%s", res.code, res.stdout)
+	}
+
+	// Undeploying the function deletes its schedule, and says what it was.
+	writeFile(t, filepath.Join(dir, "functions.yaml"), "functions:\n  - name: refresh-token\n    url: "+fn.URL+"/\n    state: draft\n")
+	line := d2.waitLog(`its function is undeployed`, 3*time.Second)
+	if !strings.Contains(line, `"cron":"*/50 * * * *"`) || !strings.Contains(line, `"id":"`+id+`"`) {
+		t.Errorf("deletion log line: %s", line)
+	}
+	res = execInEnv(t, dir, env, nil, "schedules", "list", "--admin", admin2)
+	if !strings.Contains(res.stdout, "no schedules") {
+		t.Errorf("after undeploy list = %q", res.stdout)
+	}
+}
+
+// TestScheduleFiresOnTheMinute uses the real clock: a * * * * * schedule fires at the
+// next minute boundary. It waits up to a minute and a few seconds.
+func TestScheduleFiresOnTheMinute(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fn, calls := functionServer(t)
+	_, admin, env := schedulerDaemon(t, dir, fn.URL)
+	res := execInEnv(t, dir, env, nil, "schedules", "create", "--function", "refresh-token", "--cron", "* * * * *", "--admin", admin)
+	if res.code != 0 {
+		t.Fatalf("create: %s", res.stderr)
+	}
+	deadline := time.Now().Add(70 * time.Second)
+	for len(calls()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	got := calls()
+	if len(got) == 0 {
+		t.Fatal("the schedule did not fire within 70 s")
+	}
+	sched, err := time.Parse(time.RFC3339, got[0].scheduledAt)
+	if err != nil || sched.Second() != 0 {
+		t.Fatalf("scheduled time %q; want a whole minute", got[0].scheduledAt)
+	}
+	if late := got[0].at.Sub(sched); late < 0 || late > 3*time.Second {
+		t.Errorf("fired %v after the minute boundary; want within 3 s", late)
+	}
+}

@@ -1,0 +1,83 @@
+package scheduler
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+)
+
+// AdminRoutes registers the schedule endpoints on the admin API.
+func AdminRoutes(s *Scheduler, handle func(pattern string, h http.Handler)) {
+	handle("GET /v1/schedules", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"schedules": s.List()})
+	}))
+	handle("POST /v1/schedules", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			Function string          `json:"function"`
+			Cron     string          `json:"cron"`
+			Payload  json.RawMessage `json:"payload"`
+		}
+		data, err := io.ReadAll(io.LimitReader(r.Body, 4*MaxPayloadChars+4096))
+		if err != nil || json.Unmarshal(data, &body) != nil {
+			writeError(w, http.StatusBadRequest, `the body must be JSON: {"function": "...", "cron": "...", "payload": {...}}`)
+			return
+		}
+		sc, err := s.Create(body.Function, body.Cron, payloadText(body.Payload))
+		if err != nil {
+			writeSchedulerError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusCreated, sc)
+	}))
+	handle("DELETE /v1/schedules/{id}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := s.Delete(r.PathValue("id")); err != nil {
+			writeSchedulerError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	handle("POST /v1/schedules/{id}/run", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sc, err := s.RunNow(r.PathValue("id"))
+		if err != nil {
+			writeSchedulerError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, sc)
+	}))
+}
+
+// payloadText is the payload as the function will get it: a JSON string is taken as
+// the payload's text (what the CLI sends), any other JSON value as written.
+func payloadText(raw json.RawMessage) []byte {
+	var text string
+	if json.Unmarshal(raw, &text) == nil {
+		return []byte(text)
+	}
+	return raw
+}
+
+func writeSchedulerError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, ErrLimit):
+		writeError(w, http.StatusConflict, err.Error())
+	case errors.Is(err, ErrInvalid):
+		writeError(w, http.StatusBadRequest, err.Error())
+	default:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
