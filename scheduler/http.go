@@ -5,12 +5,14 @@ import (
 	"errors"
 	"io"
 	"net/http"
+
+	"github.com/egressd/egressd/admin"
 )
 
 // AdminRoutes registers the schedule endpoints on the admin API.
 func AdminRoutes(s *Scheduler, handle func(pattern string, h http.Handler)) {
 	handle("GET /v1/schedules", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"schedules": s.List()})
+		admin.WriteJSON(w, http.StatusOK, map[string]any{"schedules": s.List()})
 	}))
 	handle("POST /v1/schedules", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var body struct {
@@ -20,7 +22,7 @@ func AdminRoutes(s *Scheduler, handle func(pattern string, h http.Handler)) {
 		}
 		data, err := io.ReadAll(io.LimitReader(r.Body, 4*MaxPayloadChars+4096))
 		if err != nil || json.Unmarshal(data, &body) != nil {
-			writeError(w, http.StatusBadRequest, `the body must be JSON: {"function": "...", "cron": "...", "payload": {...}}`)
+			admin.WriteError(w, http.StatusBadRequest, `the body must be JSON: {"function": "...", "cron": "...", "payload": {...}}`)
 			return
 		}
 		sc, err := s.Create(body.Function, body.Cron, payloadText(body.Payload))
@@ -28,7 +30,7 @@ func AdminRoutes(s *Scheduler, handle func(pattern string, h http.Handler)) {
 			writeSchedulerError(w, err)
 			return
 		}
-		writeJSON(w, http.StatusCreated, sc)
+		admin.WriteJSON(w, http.StatusCreated, sc)
 	}))
 	handle("DELETE /v1/schedules/{id}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := s.Delete(r.PathValue("id")); err != nil {
@@ -43,7 +45,7 @@ func AdminRoutes(s *Scheduler, handle func(pattern string, h http.Handler)) {
 			writeSchedulerError(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, sc)
+		admin.WriteJSON(w, http.StatusOK, sc)
 	}))
 }
 
@@ -60,24 +62,12 @@ func payloadText(raw json.RawMessage) []byte {
 func writeSchedulerError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrNotFound):
-		writeError(w, http.StatusNotFound, err.Error())
+		admin.WriteError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, ErrLimit):
-		writeError(w, http.StatusConflict, err.Error())
+		admin.WriteError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, ErrInvalid):
-		writeError(w, http.StatusBadRequest, err.Error())
+		admin.WriteError(w, http.StatusBadRequest, err.Error())
 	default:
-		writeError(w, http.StatusInternalServerError, err.Error())
+		admin.WriteError(w, http.StatusInternalServerError, err.Error())
 	}
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
-}
-
-func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg})
 }

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/egressd/egressd/admin"
 )
 
 // secretJSON is the runtime API's answer for one secret: the one place a value is
@@ -165,13 +167,13 @@ func writeStoreError(w http.ResponseWriter, key string, err error) {
 	}
 }
 
+// writeJSON answers with v; secret answers are never cached.
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
+	admin.WriteJSON(w, status, v)
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg})
+	w.Header().Set("Cache-Control", "no-store")
+	admin.WriteError(w, status, msg)
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -67,9 +66,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(tr)
+		printJSON(stdout, tr)
 	} else {
 		printTrace(stdout, tr)
 	}
@@ -175,9 +172,7 @@ func runDenials(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return exitFail
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		enc.Encode(resp)
+		printJSON(stdout, resp)
 		return exitOK
 	}
 	if len(resp.Denials) == 0 {

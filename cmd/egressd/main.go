@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -129,4 +130,59 @@ func versionString() string {
 		return bi.Main.Version
 	}
 	return "dev"
+}
+
+// group is a command with subcommands ("egressd secrets create KEY"): it parses the
+// subcommand name, and reports usage errors and failures the same way for each.
+type group struct {
+	name, cmd string
+	stderr    io.Writer
+}
+
+// splitGroup takes the subcommand off args. ok is false, with the exit code, when
+// args hold no subcommand or ask for help (usageText is printed).
+func splitGroup(name, usageText string, args []string, stderr io.Writer) (g group, rest []string, code int, ok bool) {
+	if len(args) == 0 || isHelp(args[0]) {
+		fmt.Fprint(stderr, usageText)
+		if len(args) == 0 {
+			return group{}, nil, exitUsage, false
+		}
+		return group{}, nil, exitOK, false
+	}
+	return group{name: name, cmd: args[0], stderr: stderr}, args[1:], 0, true
+}
+
+func (g group) flagSet() *flag.FlagSet {
+	return newFlagSet(g.name+" "+g.cmd, "", "Run 'egressd "+g.name+" --help' for the commands", g.stderr)
+}
+
+// usage reports a usage error.
+func (g group) usage(msg string) int {
+	fmt.Fprintf(g.stderr, "egressd %s %s: %s\n", g.name, g.cmd, msg)
+	return exitUsage
+}
+
+// fail reports a failure.
+func (g group) fail(err error) int {
+	fmt.Fprintf(g.stderr, "egressd %s %s: %v\n", g.name, g.cmd, err)
+	return exitFail
+}
+
+// checkArgs checks that the subcommand is known and got its number of arguments.
+func (g group) checkArgs(pos []string, want map[string]int) (int, bool) {
+	n, known := want[g.cmd]
+	if !known {
+		return g.usage("unknown command; run 'egressd " + g.name + " --help'"), false
+	}
+	if len(pos) != n {
+		return g.usage(fmt.Sprintf("takes %d argument(s), got %d", n, len(pos))), false
+	}
+	return 0, true
+}
+
+// printJSON writes v as indented JSON.
+func printJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
 }

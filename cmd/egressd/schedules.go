@@ -27,15 +27,12 @@ They talk to the running egressd's admin API: --admin URL, --token-file FILE or 
 `
 
 func runSchedules(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || isHelp(args[0]) {
-		fmt.Fprint(stderr, schedulesUsage)
-		if len(args) == 0 {
-			return exitUsage
-		}
-		return exitOK
+	g, args, code, ok := splitGroup("schedules", schedulesUsage, args, stderr)
+	if !ok {
+		return code
 	}
-	cmd, args := args[0], args[1:]
-	fs := newFlagSet("schedules "+cmd, "", "Run 'egressd schedules --help' for the commands", stderr)
+	cmd := g.cmd
+	fs := g.flagSet()
 	af := addAdminFlags(fs)
 	function := fs.String("function", "", "create: the function to invoke")
 	cronExpr := fs.String("cron", "", "create: when, in UTC")
@@ -45,21 +42,9 @@ func runSchedules(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if !ok {
 		return code
 	}
-	usage := func(msg string) int {
-		fmt.Fprintf(stderr, "egressd schedules %s: %s\n", cmd, msg)
-		return exitUsage
-	}
-	fail := func(err error) int {
-		fmt.Fprintf(stderr, "egressd schedules %s: %v\n", cmd, err)
-		return exitFail
-	}
-	want := map[string]int{"list": 0, "create": 0, "delete": 1, "run": 1}
-	n, known := want[cmd]
-	if !known {
-		return usage("unknown command; run 'egressd schedules --help'")
-	}
-	if len(pos) != n {
-		return usage(fmt.Sprintf("takes %d argument(s), got %d", n, len(pos)))
+	usage, fail := g.usage, g.fail
+	if code, ok := g.checkArgs(pos, map[string]int{"list": 0, "create": 0, "delete": 1, "run": 1}); !ok {
+		return code
 	}
 	c, err := af.client()
 	if err != nil {
@@ -72,9 +57,7 @@ func runSchedules(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return fail(err)
 		}
 		if *asJSON {
-			enc := json.NewEncoder(stdout)
-			enc.SetIndent("", "  ")
-			enc.Encode(resp)
+			printJSON(stdout, resp)
 			return exitOK
 		}
 		printSchedules(stdout, resp.Schedules, time.Local)

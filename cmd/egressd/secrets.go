@@ -37,15 +37,12 @@ func runSecrets(ctx context.Context, args []string, stdout, stderr io.Writer) in
 }
 
 func runSecretsIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if len(args) == 0 || isHelp(args[0]) {
-		fmt.Fprint(stderr, secretsUsage)
-		if len(args) == 0 {
-			return exitUsage
-		}
-		return exitOK
+	g, args, code, ok := splitGroup("secrets", secretsUsage, args, stderr)
+	if !ok {
+		return code
 	}
-	cmd, args := args[0], args[1:]
-	fs := newFlagSet("secrets "+cmd, "", "Run 'egressd secrets --help' for the commands", stderr)
+	cmd := g.cmd
+	fs := g.flagSet()
 	af := addAdminFlags(fs)
 	file := fs.String("file", "", "work on this secrets `file` directly, not through a running egressd")
 	keyFile := fs.String("key-file", "", "the master key `file` for --file (or EGRESSD_SECRETS_KEY)")
@@ -57,21 +54,9 @@ func runSecretsIO(ctx context.Context, args []string, stdin io.Reader, stdout, s
 	if !ok {
 		return code
 	}
-	fail := func(err error) int {
-		fmt.Fprintf(stderr, "egressd secrets %s: %v\n", cmd, err)
-		return exitFail
-	}
-	usage := func(msg string) int {
-		fmt.Fprintf(stderr, "egressd secrets %s: %s\n", cmd, msg)
-		return exitUsage
-	}
-	wantArgs := map[string]int{"list": 0, "create": 1, "delete": 1, "init": 0, "rotate-key": 0}
-	n, known := wantArgs[cmd]
-	if !known {
-		return usage("unknown command; run 'egressd secrets --help'")
-	}
-	if len(pos) != n {
-		return usage(fmt.Sprintf("takes %d argument(s), got %d", n, len(pos)))
+	fail, usage := g.fail, g.usage
+	if code, ok := g.checkArgs(pos, map[string]int{"list": 0, "create": 1, "delete": 1, "init": 0, "rotate-key": 0}); !ok {
+		return code
 	}
 
 	switch cmd {
@@ -235,9 +220,7 @@ func readDefaults(path string) (map[string]string, error) {
 
 func printSecrets(w io.Writer, list []secrets.Info, asJSON bool) {
 	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(map[string]any{"secrets": list})
+		printJSON(w, map[string]any{"secrets": list})
 		return
 	}
 	if len(list) == 0 {
