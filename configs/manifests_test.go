@@ -1,0 +1,249 @@
+package configs
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/egressd/egressd/internal/config"
+)
+
+type object struct {
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
+	Metadata   struct{ Name string }
+	Data       map[string]string `yaml:"data"`
+	StringData map[string]string `yaml:"stringData"`
+	Spec       struct {
+		Template struct {
+			Metadata struct{ Annotations map[string]string }
+			Spec     struct {
+				Containers []container
+				Volumes    []struct {
+					Name      string
+					ConfigMap *struct{ Name string } `yaml:"configMap"`
+					Secret    *struct {
+						SecretName string `yaml:"secretName"`
+					}
+					PVC *struct {
+						ClaimName string `yaml:"claimName"`
+					} `yaml:"persistentVolumeClaim"`
+				}
+			}
+		}
+	}
+}
+
+type container struct {
+	Name  string
+	Args  []string
+	Ports []struct {
+		Name          string
+		ContainerPort int `yaml:"containerPort"`
+	}
+	Env          []struct{ Name, Value string }
+	VolumeMounts []struct {
+		Name      string
+		MountPath string `yaml:"mountPath"`
+	} `yaml:"volumeMounts"`
+	LivenessProbe   *probe `yaml:"livenessProbe"`
+	ReadinessProbe  *probe `yaml:"readinessProbe"`
+	SecurityContext struct {
+		ReadOnlyRootFilesystem bool `yaml:"readOnlyRootFilesystem"`
+		RunAsNonRoot           bool `yaml:"runAsNonRoot"`
+	} `yaml:"securityContext"`
+}
+
+type probe struct {
+	HTTPGet struct {
+		Path string
+		Port string
+	} `yaml:"httpGet"`
+}
+
+var knownKinds = map[string]bool{
+	"v1/ConfigMap": true, "v1/Secret": true, "v1/PersistentVolumeClaim": true, "v1/Service": true,
+	"apps/v1/Deployment": true, "monitoring.coreos.com/v1/ServiceMonitor": true,
+}
+
+func loadManifests(t *testing.T) []object {
+	t.Helper()
+	files, _ := filepath.Glob("kubernetes/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no manifests in configs/kubernetes")
+	}
+	var objs []object
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		for i := 0; ; i++ {
+			var o object
+			err := dec.Decode(&o)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%s document %d: %v", f, i, err)
+			}
+			if !knownKinds[o.APIVersion+"/"+o.Kind] {
+				t.Errorf("%s document %d: apiVersion %q kind %q is not one this test knows", f, i, o.APIVersion, o.Kind)
+			}
+			if o.Metadata.Name == "" {
+				t.Errorf("%s document %d: no metadata.name", f, i)
+			}
+			objs = append(objs, o)
+		}
+	}
+	return objs
+}
+
+func find(objs []object, kind, name string) *object {
+	for i := range objs {
+		if objs[i].Kind == kind && (name == "" || objs[i].Metadata.Name == name) {
+			return &objs[i]
+		}
+	}
+	return nil
+}
+
+func port(t *testing.T, listen string) int {
+	t.Helper()
+	_, p, err := net.SplitHostPort(listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	for _, c := range p {
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
+
+func TestKubernetesManifests(t *testing.T) {
+	objs := loadManifests(t)
+	cm := find(objs, "ConfigMap", "egressd-config")
+	if cm == nil || cm.Data["egressd.yaml"] == "" {
+		t.Fatal("no ConfigMap egressd-config with egressd.yaml")
+	}
+	cfgFile := filepath.Join(t.TempDir(), "egressd.yaml")
+	os.WriteFile(cfgFile, []byte(cm.Data["egressd.yaml"]), 0o644)
+	c, err := config.LoadFile(cfgFile)
+	if err != nil {
+		t.Fatalf("the ConfigMap's egressd.yaml does not load: %v", err)
+	}
+
+	dep := find(objs, "Deployment", "")
+	if dep == nil {
+		t.Fatal("no Deployment")
+	}
+	var eg, fn *container
+	for i := range dep.Spec.Template.Spec.Containers {
+		switch dep.Spec.Template.Spec.Containers[i].Name {
+		case "egressd":
+			eg = &dep.Spec.Template.Spec.Containers[i]
+		case "function":
+			fn = &dep.Spec.Template.Spec.Containers[i]
+		}
+	}
+	if eg == nil || fn == nil {
+		t.Fatal("the Deployment needs a function and an egressd container")
+	}
+
+	ports := map[string]int{}
+	for _, p := range eg.Ports {
+		ports[p.Name] = p.ContainerPort
+	}
+	if ports["proxy"] != port(t, c.Proxy.Listen) || ports["metrics"] != port(t, c.Metrics.Listen) {
+		t.Errorf("egressd container ports %v; the config listens on %s (proxy) and %s (metrics)", ports, c.Proxy.Listen, c.Metrics.Listen)
+	}
+	if a := dep.Spec.Template.Metadata.Annotations; a["prometheus.io/scrape"] != "true" || a["prometheus.io/port"] != "9090" {
+		t.Errorf("scrape annotations = %v", a)
+	}
+	for _, pr := range []struct {
+		name, path string
+		p          *probe
+	}{{"liveness", "/healthz", eg.LivenessProbe}, {"readiness", "/readyz", eg.ReadinessProbe}} {
+		if pr.p == nil || pr.p.HTTPGet.Port != "metrics" || pr.p.HTTPGet.Path != pr.path {
+			t.Errorf("%s probe = %+v; want GET %s on the metrics port", pr.name, pr.p, pr.path)
+		}
+	}
+	if !eg.SecurityContext.ReadOnlyRootFilesystem || !eg.SecurityContext.RunAsNonRoot {
+		t.Errorf("egressd's securityContext = %+v; want a read-only root and non-root", eg.SecurityContext)
+	}
+
+	// Every path the config names lies under one of egressd's mounts.
+	mounted := func(path string) bool {
+		for _, m := range eg.VolumeMounts {
+			if path == m.MountPath || strings.HasPrefix(path, strings.TrimSuffix(m.MountPath, "/")+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	configPath := eg.Args[slices.Index(eg.Args, "--config")+1]
+	paths := append([]string{configPath, c.Admin.TokenFile, c.Secrets.File, c.Secrets.KeyFile, c.Scheduler.FunctionsFile, c.Scheduler.StateFile}, c.Allowlist...)
+	for _, p := range paths {
+		if p != "" && !mounted(p) {
+			t.Errorf("%s is in the config but under no volumeMount of the egressd container", p)
+		}
+	}
+	// Every volume refers to an object the manifests define.
+	for _, v := range dep.Spec.Template.Spec.Volumes {
+		switch {
+		case v.ConfigMap != nil && find(objs, "ConfigMap", v.ConfigMap.Name) == nil,
+			v.Secret != nil && find(objs, "Secret", v.Secret.SecretName) == nil,
+			v.PVC != nil && find(objs, "PersistentVolumeClaim", v.PVC.ClaimName) == nil:
+			t.Errorf("volume %s refers to an object no manifest defines", v.Name)
+		}
+	}
+	env := map[string]string{}
+	for _, e := range fn.Env {
+		env[e.Name] = e.Value
+	}
+	want := "http://" + c.Proxy.Listen
+	if env["HTTP_PROXY"] != want || env["HTTPS_PROXY"] != want || env["NO_PROXY"] == "" || strings.Contains(env["NO_PROXY"], "egressd.internal") {
+		t.Errorf("function env = %v; want HTTP(S)_PROXY %s, and a NO_PROXY without egressd.internal", env, want)
+	}
+	if find(objs, "ServiceMonitor", "") == nil {
+		t.Error("no ServiceMonitor")
+	}
+}
+
+func TestDockerfile(t *testing.T) {
+	data, err := os.ReadFile("../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	df := string(data)
+	for _, want := range []string{"scripts/build.sh", "distroless/static", "USER nonroot", "/etc/egressd/egressd.yaml", "EXPOSE 3128 9090 9091", "ENTRYPOINT"} {
+		if !strings.Contains(df, want) {
+			t.Errorf("Dockerfile lacks %q", want)
+		}
+	}
+	c, err := config.LoadFS(FS, DefaultFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, listen := range []string{c.Proxy.Listen, c.Metrics.Listen, c.Admin.Listen} {
+		_, p, _ := net.SplitHostPort(listen)
+		if !strings.Contains(df, p) {
+			t.Errorf("Dockerfile does not EXPOSE %s, a port of the default config", p)
+		}
+	}
+	for _, src := range []string{"../scripts/build.sh", "egressd.yaml", "allowlist.d"} {
+		if _, err := os.Stat(src); err != nil {
+			t.Errorf("the Dockerfile copies or runs %s: %v", src, err)
+		}
+	}
+}
