@@ -86,6 +86,7 @@ func bench(s settings) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o777) // squid drops to its own user and writes its logs here
 
 	sink, err := startSink()
 	if err != nil {
@@ -99,96 +100,140 @@ func bench(s settings) error {
 	if err != nil {
 		return err
 	}
-	e, err := startEgressd(dir, []string{sink, echo, web})
+	targets := []string{sink, echo, web}
+	var peers []*peer
+	e, err := startEgressd(dir, targets)
 	if err != nil {
 		return err
 	}
-	defer e.stop()
-
-	fmt.Printf("egressd %s vs no proxy, loopback, %d cores, %d rounds (medians)\n\n", e.proxy, runtime.NumCPU(), s.rounds)
-	fmt.Printf("%-44s %14s %14s %8s\n", "workload", "egressd", "direct", "ratio")
-
-	memRow := ""
-	if s.runs("memory") {
-		// A proxy-only figure (there is no tunnel without a proxy), measured first, on
-		// a fresh process: after the other workloads the heap has free room to reuse,
-		// and the figure would flatter egressd.
-		perTunnel, err := idleMemory(e, echo, s.idle)
-		if err != nil {
+	peers = append(peers, e)
+	for _, start := range []func(string, []string) (*peer, error){startSquid, startTinyproxy} {
+		p, err := start(dir, targets)
+		switch {
+		case errors.Is(err, errNotInstalled):
+			fmt.Fprintf(os.Stderr, "bench: %v; leaving it out\n", err)
+		case err != nil:
 			return err
+		default:
+			peers = append(peers, p)
 		}
-		memRow = fmt.Sprintf("%-44s %14s\n", fmt.Sprintf("RSS per idle tunnel (%d open)", s.idle), fmt.Sprintf("%.1f KiB", perTunnel/1024))
 	}
-	var rows []row
+	defer func() {
+		for _, p := range peers {
+			p.stop()
+		}
+	}()
+
+	var names []string
+	for _, p := range peers {
+		names = append(names, p.name)
+	}
+	fmt.Printf("%s vs no proxy, loopback, %d cores, %d rounds (medians; ratio to direct in brackets)\n\n", strings.Join(names, ", "), runtime.NumCPU(), s.rounds)
+	fmt.Printf("%-40s", "workload")
+	for _, n := range append(names, "direct") {
+		fmt.Printf(" %18s", n)
+	}
+	fmt.Println()
+
+	var mem []float64
+	if s.runs("memory") {
+		// Measured first, on fresh processes: after the other workloads a heap has free
+		// room to reuse, and the figure would flatter.
+		for _, p := range peers {
+			perTunnel, err := idleMemory(p, echo, s.idle)
+			if err != nil {
+				return fmt.Errorf("%s: %w", p.name, err)
+			}
+			mem = append(mem, perTunnel/1024)
+		}
+	}
+	columns := append(append([]*peer(nil), peers...), &peer{name: "direct"})
 	if s.runs("throughput") {
-		rows = append(rows, interleave(s.rounds, "CONNECT throughput (MiB/s)", func(proxied bool) (float64, error) {
-			return throughput(e.proxy, sink, s.bytes, proxied)
-		}))
+		interleave(s.rounds, "CONNECT throughput (MiB/s)", columns, func(p *peer) (float64, error) {
+			return throughput(p.addr, sink, s.bytes)
+		}).print(false)
 	}
 	if s.runs("http") {
-		var p50, p99 [2][]float64
-		rows = append(rows, interleave(s.rounds, fmt.Sprintf("HTTP requests/s (%d keep-alive clients)", s.httpClients), func(proxied bool) (float64, error) {
-			r, err := httpLoad(e.proxy, web, s.httpClients, s.duration, proxied)
-			i := 1
-			if proxied {
-				i = 0
-			}
-			p50[i] = append(p50[i], r.p50)
-			p99[i] = append(p99[i], r.p99)
+		p50 := map[string][]float64{}
+		p99 := map[string][]float64{}
+		interleave(s.rounds, fmt.Sprintf("HTTP requests/s (%d clients)", s.httpClients), columns, func(p *peer) (float64, error) {
+			r, err := httpLoad(p.addr, web, s.httpClients, s.duration)
+			p50[p.name] = append(p50[p.name], r.p50)
+			p99[p.name] = append(p99[p.name], r.p99)
 			return r.rps, err
-		}))
-		rows = append(rows,
-			row{name: "  HTTP latency p50 (ms)", proxy: median(p50[0]), direct: median(p50[1]), lowerBetter: true},
-			row{name: "  HTTP latency p99 (ms)", proxy: median(p99[0]), direct: median(p99[1]), lowerBetter: true})
+		}).print(false)
+		medians(columns, "  HTTP latency p50 (ms)", p50).print(true)
+		medians(columns, "  HTTP latency p99 (ms)", p99).print(true)
 	}
 	if s.runs("tunnels") {
-		rows = append(rows, interleave(s.rounds, fmt.Sprintf("new CONNECT tunnels/s (%d clients)", s.tunnelConc), func(proxied bool) (float64, error) {
-			return tunnelRate(e.proxy, echo, s.tunnelConc, s.duration, proxied)
-		}))
+		interleave(s.rounds, fmt.Sprintf("new CONNECT tunnels/s (%d clients)", s.tunnelConc), columns, func(p *peer) (float64, error) {
+			return tunnelRate(p.addr, echo, s.tunnelConc, s.duration)
+		}).print(false)
 	}
-	for _, r := range rows {
-		r.print()
+	if mem != nil {
+		fmt.Printf("%-40s", fmt.Sprintf("RSS per idle tunnel, KiB (%d open)", s.idle))
+		for _, m := range mem {
+			fmt.Printf(" %18.1f", m)
+		}
+		fmt.Println()
 	}
-	fmt.Print(memRow)
 	return nil
 }
 
+// row is one workload's medians, by column; the last column is direct.
 type row struct {
-	name          string
-	proxy, direct float64
-	lowerBetter   bool
-	err           error
+	name    string
+	columns []string
+	values  []float64
+	err     error
 }
 
-func (r row) print() {
+// print writes the row with each proxy's ratio to direct (for latencies, direct's to
+// the proxy's, so that higher is better everywhere).
+func (r row) print(lowerBetter bool) {
+	fmt.Printf("%-40s", r.name)
 	if r.err != nil {
-		fmt.Printf("%-44s error: %v\n", r.name, r.err)
+		fmt.Printf(" error: %v\n", r.err)
 		return
 	}
-	ratio := r.proxy / r.direct
-	if r.lowerBetter {
-		ratio = r.direct / r.proxy
+	direct := r.values[len(r.values)-1]
+	for i, v := range r.values {
+		if i == len(r.values)-1 {
+			fmt.Printf(" %18.1f", v)
+			continue
+		}
+		ratio := v / direct
+		if lowerBetter {
+			ratio = direct / v
+		}
+		fmt.Printf(" %18s", fmt.Sprintf("%.1f (%.2f)", v, ratio))
 	}
-	fmt.Printf("%-44s %14.1f %14.1f %8.2f\n", r.name, r.proxy, r.direct, ratio)
+	fmt.Println()
 }
 
-// interleave runs f through the proxy and directly, alternately, and returns the medians.
-func interleave(rounds int, name string, f func(proxied bool) (float64, error)) row {
-	var p, d []float64
+// interleave runs f for every column, round by round (egressd, squid, ..., direct,
+// egressd, ...), and returns the medians.
+func interleave(rounds int, name string, columns []*peer, f func(*peer) (float64, error)) row {
+	got := map[string][]float64{}
 	for i := 0; i < rounds; i++ {
-		for _, proxied := range []bool{true, false} {
-			v, err := f(proxied)
+		for _, p := range columns {
+			v, err := f(p)
 			if err != nil {
-				return row{name: name, err: err}
+				return row{name: name, err: fmt.Errorf("%s: %w", p.name, err)}
 			}
-			if proxied {
-				p = append(p, v)
-			} else {
-				d = append(d, v)
-			}
+			got[p.name] = append(got[p.name], v)
 		}
 	}
-	return row{name: name, proxy: median(p), direct: median(d)}
+	return medians(columns, name, got)
+}
+
+func medians(columns []*peer, name string, got map[string][]float64) row {
+	r := row{name: name}
+	for _, p := range columns {
+		r.columns = append(r.columns, p.name)
+		r.values = append(r.values, median(got[p.name]))
+	}
+	return r
 }
 
 func median(v []float64) float64 {
@@ -200,9 +245,9 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
-// connect opens a tunnel to target through proxy, or a direct connection.
-func connect(proxy, target string, proxied bool) (net.Conn, error) {
-	if !proxied {
+// connect opens a tunnel to target through proxy, or with proxy "" a direct connection.
+func connect(proxy, target string) (net.Conn, error) {
+	if proxy == "" {
 		return net.DialTimeout("tcp", target, 5*time.Second)
 	}
 	c, err := net.DialTimeout("tcp", proxy, 5*time.Second)
@@ -213,26 +258,37 @@ func connect(proxy, target string, proxied bool) (net.Conn, error) {
 		c.Close()
 		return nil, err
 	}
-	const ok = "HTTP/1.1 200 Connection established\r\n\r\n"
-	buf := make([]byte, len(ok))
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != ok {
+	br := bufio.NewReaderSize(c, 512)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != http.StatusOK {
 		c.Close()
-		return nil, fmt.Errorf("CONNECT %s: %q %v", target, buf, err)
+		return nil, fmt.Errorf("CONNECT %s: %v %v", target, resp, err)
 	}
 	c.SetReadDeadline(time.Time{})
+	if br.Buffered() > 0 {
+		c.Close()
+		return nil, fmt.Errorf("CONNECT %s: the proxy sent bytes after its answer", target)
+	}
 	return c, nil
 }
 
-// throughput sends n bytes to the sink and waits for its count; it returns MiB/s.
-func throughput(proxy, sink string, n int64, proxied bool) (float64, error) {
-	c, err := connect(proxy, sink, proxied)
+// throughput sends n bytes to the sink, announced by an 8-byte length, and waits
+// for its count; it returns MiB/s. It does not half-close: Squid ends a tunnel on
+// the client's half-close, which would make the figure a failure instead.
+func throughput(proxy, sink string, n int64) (float64, error) {
+	c, err := connect(proxy, sink)
 	if err != nil {
 		return 0, err
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Minute))
 	start := time.Now()
+	var hdr [8]byte
+	binary.BigEndian.PutUint64(hdr[:], uint64(n))
+	if _, err := c.Write(hdr[:]); err != nil {
+		return 0, err
+	}
 	buf := make([]byte, 1<<20)
 	for sent := int64(0); sent < n; {
 		w, err := c.Write(buf[:min(int64(len(buf)), n-sent)])
@@ -241,7 +297,6 @@ func throughput(proxy, sink string, n int64, proxied bool) (float64, error) {
 		}
 		sent += int64(w)
 	}
-	c.(*net.TCPConn).CloseWrite()
 	var got [8]byte
 	if _, err := io.ReadFull(c, got[:]); err != nil {
 		return 0, fmt.Errorf("reading the sink's count: %w", err)
@@ -256,9 +311,9 @@ type httpResult struct{ rps, p50, p99 float64 }
 
 // httpLoad runs clients keep-alive clients for d and returns requests per second and
 // latency percentiles in milliseconds.
-func httpLoad(proxy, web string, clients int, d time.Duration, proxied bool) (httpResult, error) {
+func httpLoad(proxy, web string, clients int, d time.Duration) (httpResult, error) {
 	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients, DisableCompression: true}
-	if proxied {
+	if proxy != "" {
 		u, _ := url.Parse("http://" + proxy)
 		tr.Proxy = http.ProxyURL(u)
 	}
@@ -309,7 +364,7 @@ func httpLoad(proxy, web string, clients int, d time.Duration, proxied bool) (ht
 
 // tunnelRate opens, uses (one byte each way) and closes tunnels from conc clients for
 // d, and returns tunnels per second.
-func tunnelRate(proxy, echo string, conc int, d time.Duration, proxied bool) (float64, error) {
+func tunnelRate(proxy, echo string, conc int, d time.Duration) (float64, error) {
 	deadline := time.Now().Add(d)
 	var (
 		n, errs atomic.Int64
@@ -323,7 +378,7 @@ func tunnelRate(proxy, echo string, conc int, d time.Duration, proxied bool) (fl
 			defer wg.Done()
 			one := []byte{'x'}
 			for time.Now().Before(deadline) {
-				c, err := connect(proxy, echo, proxied)
+				c, err := connect(proxy, echo)
 				if err != nil {
 					errs.Add(1)
 					lastErr.Store(err)
@@ -346,10 +401,10 @@ func tunnelRate(proxy, echo string, conc int, d time.Duration, proxied bool) (fl
 	return float64(n.Load()) / time.Since(start).Seconds(), nil
 }
 
-// idleMemory opens n tunnels, leaves them idle, and returns egressd's resident memory
-// growth per tunnel in bytes.
-func idleMemory(e *egressd, echo string, n int) (float64, error) {
-	before, err := rss(e.cmd.Process.Pid)
+// idleMemory opens n tunnels through p, leaves them idle, and returns p's resident
+// memory growth per tunnel in bytes.
+func idleMemory(p *peer, echo string, n int) (float64, error) {
+	before, err := rss(p.cmd.Process.Pid)
 	if err != nil {
 		return 0, err
 	}
@@ -361,7 +416,7 @@ func idleMemory(e *egressd, echo string, n int) (float64, error) {
 	}()
 	one := []byte{'x'}
 	for i := 0; i < n; i++ {
-		c, err := connect(e.proxy, echo, true)
+		c, err := connect(p.addr, echo)
 		if err != nil {
 			return 0, fmt.Errorf("tunnel %d: %w", i, err)
 		}
@@ -375,7 +430,7 @@ func idleMemory(e *egressd, echo string, n int) (float64, error) {
 		}
 	}
 	time.Sleep(2 * time.Second) // let the runtime settle: stacks shrink at GC
-	after, err := rss(e.cmd.Process.Pid)
+	after, err := rss(p.cmd.Process.Pid)
 	if err != nil {
 		return 0, err
 	}
@@ -399,10 +454,15 @@ func rss(pid int) (int64, error) {
 	return 0, errors.New("no VmRSS in /proc/PID/status")
 }
 
-// startSink serves connections that read until EOF and answer the byte count.
+// startSink serves connections that read an 8-byte length, then that many bytes,
+// and answer the count.
 func startSink() (string, error) {
 	return serveTCP(func(c net.Conn) {
-		n, _ := io.Copy(io.Discard, c)
+		var hdr [8]byte
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			return
+		}
+		n, _ := io.CopyN(io.Discard, c, int64(binary.BigEndian.Uint64(hdr[:])))
 		var b [8]byte
 		binary.BigEndian.PutUint64(b[:], uint64(n))
 		c.Write(b[:])
@@ -449,13 +509,18 @@ func startWeb() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-type egressd struct {
-	cmd   *exec.Cmd
-	proxy string
+// peer is a proxy under test: its name, its address, and its process. The direct
+// column is a peer with no address.
+type peer struct {
+	name string
+	addr string
+	cmd  *exec.Cmd
 }
 
+var errNotInstalled = errors.New("not installed")
+
 // startEgressd builds egressd and starts it with an allowlist of the given targets.
-func startEgressd(dir string, targets []string) (*egressd, error) {
+func startEgressd(dir string, targets []string) (*peer, error) {
 	bin := filepath.Join(dir, "egressd")
 	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/egressd")
 	build.Stderr = os.Stderr
@@ -481,14 +546,14 @@ func startEgressd(dir string, targets []string) (*egressd, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	e := &egressd{cmd: cmd}
+	e := &peer{name: "egressd", cmd: cmd}
 	for i := 0; i < 500; i++ {
 		data, _ := os.ReadFile(logf.Name())
 		for _, line := range strings.Split(string(data), "\n") {
 			if strings.Contains(line, `"msg":"egressd started"`) {
 				var v struct{ Proxy string }
 				json.Unmarshal([]byte(line), &v)
-				e.proxy = v.Proxy
+				e.addr = v.Proxy
 				return e, nil
 			}
 		}
@@ -498,13 +563,16 @@ func startEgressd(dir string, targets []string) (*egressd, error) {
 	return nil, errors.New("egressd did not start within 5s")
 }
 
-func (e *egressd) stop() {
-	e.cmd.Process.Signal(syscall.SIGTERM)
+func (p *peer) stop() {
+	if p.cmd == nil {
+		return
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
-	go func() { e.cmd.Wait(); close(done) }()
+	go func() { p.cmd.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		e.cmd.Process.Kill()
+		p.cmd.Process.Kill()
 	}
 }

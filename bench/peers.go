@@ -1,0 +1,136 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// freePort returns a loopback address nothing listens on, for a peer to take.
+func freePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr, nil
+}
+
+// waitListening waits up to 10 s for something to accept on addr.
+func waitListening(addr string, p *peer) error {
+	for i := 0; i < 200; i++ {
+		if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.stop()
+	return fmt.Errorf("%s did not listen on %s within 10 s", p.name, addr)
+}
+
+func ports(targets []string) []string {
+	var out []string
+	for _, t := range targets {
+		_, p, _ := net.SplitHostPort(t)
+		out = append(out, p)
+	}
+	return out
+}
+
+// startSquid runs Debian's squid in the foreground with the same allowlist: the
+// three loopback targets, nothing else; no cache; an access log, as egressd keeps one.
+func startSquid(dir string, targets []string) (*peer, error) {
+	bin, err := exec.LookPath("squid")
+	if err != nil {
+		return nil, fmt.Errorf("squid: %w (apt-get install squid)", errNotInstalled)
+	}
+	addr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	sd := filepath.Join(dir, "squid")
+	os.MkdirAll(sd, 0o777)
+	os.Chmod(sd, 0o777)
+	conf := fmt.Sprintf(`http_port %s
+pid_filename %s/squid.pid
+cache_log %s/cache.log
+access_log stdio:%s/access.log
+coredump_dir %s
+cache deny all
+cache_mem 8 MB
+max_filedescriptors 16384
+shutdown_lifetime 1 second
+acl targets dst 127.0.0.1/32
+acl target_ports port %s
+http_access allow targets target_ports
+http_access deny all
+`, addr, sd, sd, sd, sd, strings.Join(ports(targets), " "))
+	confFile := filepath.Join(sd, "squid.conf")
+	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "-N", "-f", confFile)
+	cmd.Stderr, _ = os.Create(filepath.Join(sd, "stderr.log"))
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &peer{name: "squid", addr: addr, cmd: cmd}
+	return p, waitListening(addr, p)
+}
+
+// startTinyproxy runs Debian's tinyproxy in the foreground, allowing only the three
+// loopback targets (a default-deny filter) and their ports for CONNECT.
+func startTinyproxy(dir string, targets []string) (*peer, error) {
+	bin, err := exec.LookPath("tinyproxy")
+	if err != nil {
+		return nil, fmt.Errorf("tinyproxy: %w (apt-get install tinyproxy)", errNotInstalled)
+	}
+	addr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	td := filepath.Join(dir, "tinyproxy")
+	os.MkdirAll(td, 0o777)
+	os.Chmod(td, 0o777)
+	filter := filepath.Join(td, "filter")
+	if err := os.WriteFile(filter, []byte(`^127\.0\.0\.1$`+"\n"), 0o644); err != nil {
+		return nil, err
+	}
+	var connect []string
+	for _, p := range ports(targets) {
+		connect = append(connect, "ConnectPort "+p)
+	}
+	conf := fmt.Sprintf(`User nobody
+Group nogroup
+Port %s
+Listen %s
+Timeout 600
+MaxClients 8192
+Allow 127.0.0.1
+LogFile "%s/tinyproxy.log"
+LogLevel Connect
+PidFile "%s/tinyproxy.pid"
+DisableViaHeader Yes
+Filter "%s"
+FilterDefaultDeny Yes
+%s
+`, port, host, td, td, filter, strings.Join(connect, "\n"))
+	confFile := filepath.Join(td, "tinyproxy.conf")
+	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "-d", "-c", confFile)
+	cmd.Stderr, _ = os.Create(filepath.Join(td, "stderr.log"))
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &peer{name: "tinyproxy", addr: addr, cmd: cmd}
+	return p, waitListening(addr, p)
+}
