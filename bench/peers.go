@@ -71,17 +71,7 @@ acl target_ports port %s
 http_access allow targets target_ports
 http_access deny all
 `, addr, sd, sd, sd, sd, strings.Join(ports(targets), " "))
-	confFile := filepath.Join(sd, "squid.conf")
-	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, "-N", "-f", confFile)
-	cmd.Stderr, _ = os.Create(filepath.Join(sd, "stderr.log"))
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p := &peer{name: "squid", addr: addr, cmd: cmd}
-	return p, waitListening(addr, p)
+	return runPeer("squid", addr, sd, conf, bin, "-N", "-f")
 }
 
 // startTinyproxy runs Debian's tinyproxy in the foreground, allowing only the three
@@ -122,15 +112,21 @@ Filter "%s"
 FilterDefaultDeny Yes
 %s
 `, port, host, td, td, filter, strings.Join(connect, "\n"))
-	confFile := filepath.Join(td, "tinyproxy.conf")
+	return runPeer("tinyproxy", addr, td, conf, bin, "-d", "-c")
+}
+
+// runPeer writes conf into dir, starts bin with args and the config file's path, and
+// waits until it listens on addr.
+func runPeer(name, addr, dir, conf, bin string, args ...string) (*peer, error) {
+	confFile := filepath.Join(dir, name+".conf")
 	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "-d", "-c", confFile)
-	cmd.Stderr, _ = os.Create(filepath.Join(td, "stderr.log"))
+	cmd := exec.Command(bin, append(args, confFile)...)
+	cmd.Stderr, _ = os.Create(filepath.Join(dir, "stderr.log"))
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &peer{name: "tinyproxy", addr: addr, cmd: cmd}
+	p := &peer{name: name, addr: addr, cmd: cmd}
 	return p, waitListening(addr, p)
 }
