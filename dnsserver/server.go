@@ -93,6 +93,33 @@ func New(opts Options) (*Server, error) {
 	return &Server{opts: opts, log: opts.Logger, queries: q}, nil
 }
 
+// Listen opens UDP and TCP on one address. With port 0 the TCP side takes the port
+// UDP got, and since that port may be taken for TCP, it tries again with a fresh
+// port, a bounded number of times.
+func Listen(addr string) (net.PacketConn, net.Listener, error) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	var lastErr error
+	for attempt := 0; attempt < 20; attempt++ {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		lastErr = err
+		if port != "0" {
+			break
+		}
+	}
+	return nil, nil, lastErr
+}
+
 // Serve answers on a UDP socket and a TCP listener (normally the same port) until
 // Shutdown.
 func (s *Server) Serve(pc net.PacketConn, ln net.Listener) error {

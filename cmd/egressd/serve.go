@@ -121,7 +121,7 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 	var dnsSrv *dnsserver.Server
 	dnsAddr := ""
 	if c.DNS.Listen != "" {
-		pc, ln, err := listenDNS(c.DNS.Listen)
+		pc, ln, err := dnsserver.Listen(c.DNS.Listen)
 		if err != nil {
 			proxyLn.Close()
 			metricsLn.Close()
@@ -240,20 +240,6 @@ loop:
 	}
 	log.Info("egressd stopped")
 	return runErr
-}
-
-// listenDNS opens UDP and TCP on one address; with port 0, TCP takes the port UDP got.
-func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
-	pc, err := net.ListenPacket("udp", addr)
-	if err != nil {
-		return nil, nil, err
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		return nil, nil, err
-	}
-	return pc, ln, nil
 }
 
 func ignoreClosed(err error) error {
