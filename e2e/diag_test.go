@@ -26,11 +26,22 @@ func redirectOrigin(t *testing.T) (port string) {
 		"a.test/start": func(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, "http://b.test:"+port+"/next", http.StatusMovedPermanently) // absolute
 		},
-		"b.test/next":  func(w http.ResponseWriter, r *http.Request) { w.Header().Set("Location", "/final"); w.WriteHeader(302) }, // relative
-		"b.test/final": func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "http://c.test:"+port+"/done", 307) },
-		"c.test/done":  func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "done") },
-		"loopy.test/x": func(w http.ResponseWriter, r *http.Request) { w.Header().Set("Location", "/y"); w.WriteHeader(302) },
-		"loopy.test/y": func(w http.ResponseWriter, r *http.Request) { w.Header().Set("Location", "/x"); w.WriteHeader(302) },
+		"b.test/next": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Location", "/final")
+			w.WriteHeader(http.StatusFound)
+		}, // relative
+		"b.test/final": func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, "http://c.test:"+port+"/done", http.StatusTemporaryRedirect)
+		},
+		"c.test/done": func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "done") },
+		"loopy.test/x": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Location", "/y")
+			w.WriteHeader(http.StatusFound)
+		},
+		"loopy.test/y": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Location", "/x")
+			w.WriteHeader(http.StatusFound)
+		},
 		"nohead.test/": func(w http.ResponseWriter, r *http.Request) {
 			if r.Method == http.MethodHead {
 				w.WriteHeader(http.StatusMethodNotAllowed)
@@ -39,7 +50,7 @@ func redirectOrigin(t *testing.T) (port string) {
 			io.WriteString(w, "got "+r.Method)
 		},
 		"a.test/to-private": func(w http.ResponseWriter, r *http.Request) {
-			http.Redirect(w, r, "http://private.test:"+port+"/", 302)
+			http.Redirect(w, r, "http://private.test:"+port+"/", http.StatusFound)
 		},
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -93,24 +93,8 @@ func tlsOrigin(t *testing.T) (*httptest.Server, string) {
 // echoOrigin starts a raw TCP echo server on 127.0.0.1, for tunnels.
 func echoOrigin(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	addr, _ := countingOrigin(t, "127.0.0.1:0")
+	return addr
 }
 
 // openTunnel sends CONNECT target through the proxy and returns the connection after

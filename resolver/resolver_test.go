@@ -144,9 +144,6 @@ func TestCacheHonoursTTL(t *testing.T) {
 			t.Fatalf("step %d (%s after +%v): %d upstream queries; want %d", i, s.name, s.advance, got, s.queries)
 		}
 	}
-	if testing.Verbose() {
-		t.Logf("cache entries: %d", r.cacheLen())
-	}
 }
 
 func TestConcurrentLookupsShareOneQuery(t *testing.T) {

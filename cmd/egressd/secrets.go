@@ -33,10 +33,6 @@ on the file directly, for provisioning when no egressd runs.
 `
 
 func runSecrets(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	return runSecretsIO(ctx, args, os.Stdin, stdout, stderr)
-}
-
-func runSecretsIO(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	g, args, code, ok := splitGroup("secrets", secretsUsage, args, stderr)
 	if !ok {
 		return code
@@ -78,7 +74,7 @@ func runSecretsIO(ctx context.Context, args []string, stdin io.Reader, stdout, s
 
 	var value string
 	if cmd == "create" {
-		data, err := io.ReadAll(io.LimitReader(stdin, secrets.MaxValueLen+2))
+		data, err := io.ReadAll(io.LimitReader(os.Stdin, secrets.MaxValueLen+2))
 		if err != nil {
 			return fail(err)
 		}

@@ -47,15 +47,6 @@ func Write(path string, data []byte) error {
 	return SyncDir(dir)
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 // SyncDir fsyncs a directory, making the renames and creations in it durable.
 func SyncDir(dir string) error {
 	d, err := os.Open(dir)
