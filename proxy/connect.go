@@ -74,6 +74,7 @@ func (p *Proxy) startTunnel(ex *exchange, d policy.Decision, client net.Conn) {
 	t := &tunnel{client: client, upstream: upstream, host: d.Host, port: d.Port, ex: ex, end: p.endTunnel}
 	ex.detached = true
 	p.tunnels.add(t)
+	p.tunnelsLive.Add(1)
 	p.metrics.tunnelsActive.Inc()
 	t.start()
 }
@@ -90,6 +91,7 @@ func (p *Proxy) endTunnel(t *tunnel) {
 	ex.closedBy = t.closeReason()
 	p.metrics.tunnelsClosed.WithLabelValues(ex.closedBy).Inc()
 	p.finishDetached(ex)
+	p.tunnelsLive.Add(-1)
 }
 
 // refuseTunnel answers a CONNECT whose upstream could not, or may not, be reached.

@@ -78,7 +78,10 @@ type Proxy struct {
 	srv     *http.Server
 	tunnels *tunnelSet
 	conns   atomic.Int64 // client connections open, tunnels included
-	ready   atomic.Bool
+	// tunnelsLive counts tunnels from their start until their access log line is
+	// written: what a shutdown waits for.
+	tunnelsLive atomic.Int64
+	ready       atomic.Bool
 }
 
 // New returns a Proxy. It starts nothing: no listener, no goroutine.
@@ -213,16 +216,14 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.ready.Store(false)
 	err := p.srv.Shutdown(ctx)
 	// Hijacked tunnels are not the server's to wait for; they are ours.
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for p.tunnels.len() > 0 && ctx.Err() == nil {
-		select {
-		case <-ctx.Done():
-		case <-tick.C:
-		}
-	}
+	p.waitTunnels(ctx)
 	if n := p.tunnels.closeAll(closeShutdown); n > 0 {
 		p.log.Info("tunnels closed at shutdown", "tunnels", n)
+		// Closed connections end their copiers at once; let them write their
+		// access log lines before the process goes.
+		closing, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		p.waitTunnels(closing)
+		cancel()
 	}
 	p.gp.Tr.CloseIdleConnections()
 	if errors.Is(err, context.DeadlineExceeded) {
@@ -230,6 +231,18 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// waitTunnels waits until every tunnel has ended and logged, or ctx is done.
+func (p *Proxy) waitTunnels(ctx context.Context) {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for p.tunnelsLive.Load() > 0 && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-tick.C:
+		}
+	}
 }
 
 // trackConn counts client connections for MaxConnections. A hijacked connection

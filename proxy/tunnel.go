@@ -123,12 +123,6 @@ func (s *tunnelSet) remove(t *tunnel) {
 	s.mu.Unlock()
 }
 
-func (s *tunnelSet) len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.m)
-}
-
 // each calls f for every open tunnel, under the lock: f must not block.
 func (s *tunnelSet) each(f func(*tunnel)) {
 	s.mu.Lock()
