@@ -210,7 +210,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	s.queries.WithLabelValues("allowed").Inc()
 	ttl := uint32(s.opts.TTL / time.Second)
 	for _, a := range addrs {
-		if s.opts.Guard.Check(a, exemption{m}).Denied {
+		if s.opts.Guard.Check(a, m).Denied {
 			continue
 		}
 		hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: ttl}
@@ -222,8 +222,3 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	}
 	w.WriteMsg(resp)
 }
-
-// exemption lets through the addresses an IP or CIDR rule covers.
-type exemption struct{ m *policy.Matcher }
-
-func (e exemption) Exempt(a netip.Addr) bool { return e.m.CoveringRule(a) != nil }

@@ -310,8 +310,12 @@ func (m *Matcher) AllowsName(host string) bool {
 	}
 }
 
-// CoveringRule returns the IP or CIDR rule whose range contains addr, or nil. The
-// private-address guard uses it: an operator who lists a range means to reach it.
+// Exempt reports whether an IP or CIDR rule covers addr, which exempts it from the
+// private-address guard: an operator who lists a range means to reach it. It makes a
+// Matcher a guard.Exempter. A nil Matcher exempts nothing.
+func (m *Matcher) Exempt(addr netip.Addr) bool { return m != nil && m.CoveringRule(addr) != nil }
+
+// CoveringRule returns the IP or CIDR rule whose range contains addr, or nil.
 func (m *Matcher) CoveringRule(addr netip.Addr) *Rule {
 	if s := m.prefixSet(addr); s != nil {
 		return ruleOf(s)

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -251,4 +252,27 @@ func mustParse(t testing.TB, texts ...string) []Rule {
 		rules = append(rules, r)
 	}
 	return rules
+}
+
+func TestExempt(t *testing.T) {
+	m := loadTestMatcher(t)
+	tests := []struct {
+		addr string
+		want bool
+	}{
+		{"127.0.0.5", true},        // 127.0.0.0/8
+		{"10.20.9.9", true},        // 10.20.0.0/16:5432: the range counts, not the port
+		{"::ffff:127.0.0.1", true}, // mapped, checked as IPv4
+		{"10.21.0.1", false},
+		{"169.254.169.254", false},
+	}
+	for _, tt := range tests {
+		if got := m.Exempt(netip.MustParseAddr(tt.addr)); got != tt.want {
+			t.Errorf("Exempt(%s) = %v; want %v", tt.addr, got, tt.want)
+		}
+	}
+	var none *Matcher
+	if none.Exempt(netip.MustParseAddr("127.0.0.1")) {
+		t.Error("a nil Matcher exempted an address")
+	}
 }

@@ -120,7 +120,8 @@ func New(opts Options) (*Proxy, error) {
 		dialer:  &dialer{resolver: opts.Resolver, timeout: opts.DialTimeout, guard: opts.Guard},
 		tunnels: newTunnelSet(),
 	}
-	p.dialer.exempt = policyExemption{p}
+	// Exempt from the guard what the policy in force covers, as it is at each dial.
+	p.dialer.exempt = guard.ExemptFunc(func(a netip.Addr) bool { return p.policy.Load().Exempt(a) })
 	p.gp = p.newGoproxy()
 	p.srv = &http.Server{
 		Handler:           p,
@@ -175,15 +176,6 @@ func (p *Proxy) SetPolicy(m *policy.Matcher) {
 	if p.opts.CloseRevokedTunnels && !p.opts.Report {
 		p.tunnels.revoke(m, p.log)
 	}
-}
-
-// policyExemption exempts from the guard the addresses that an IP or CIDR rule of the
-// policy in force covers: an operator who lists a range means to reach it.
-type policyExemption struct{ p *Proxy }
-
-func (e policyExemption) Exempt(a netip.Addr) bool {
-	m := e.p.policy.Load()
-	return m != nil && m.CoveringRule(a) != nil
 }
 
 // Policy returns the policy in force, or nil before the first SetPolicy.

@@ -13,12 +13,10 @@ import (
 	"github.com/egressd/egressd/proxy"
 )
 
-// liveExemption exempts from the guard what an IP or CIDR rule of the policy in force covers.
+// liveExemption exempts from the guard what the policy in force (current's answer at
+// each check) covers.
 func liveExemption(current func() *policy.Matcher) guard.Exempter {
-	return guard.ExemptFunc(func(a netip.Addr) bool {
-		m := current()
-		return m != nil && m.CoveringRule(a) != nil
-	})
+	return guard.ExemptFunc(func(a netip.Addr) bool { return current().Exempt(a) })
 }
 
 // adminHandler builds the admin API with the diagnostics endpoints.
