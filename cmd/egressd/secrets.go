@@ -140,17 +140,8 @@ func runSecrets(ctx context.Context, args []string, stdout, stderr io.Writer) in
 }
 
 func openFileStore(file, keyFile string, stderr io.Writer) (*secrets.Store, error) {
-	var key secrets.Key
-	var err error
 	warn := func(msg string) { fmt.Fprintln(stderr, "warning:", msg) }
-	switch {
-	case keyFile != "":
-		key, err = secrets.ReadKeyFile(keyFile, warn)
-	case os.Getenv("EGRESSD_SECRETS_KEY") != "":
-		key, err = secrets.ParseKey(os.Getenv("EGRESSD_SECRETS_KEY"))
-	default:
-		err = fmt.Errorf("give --key-file or set EGRESSD_SECRETS_KEY")
-	}
+	key, err := readMasterKey(keyFile, "give --key-file or set EGRESSD_SECRETS_KEY", warn)
 	if err != nil {
 		return nil, err
 	}

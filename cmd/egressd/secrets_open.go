@@ -14,23 +14,27 @@ import (
 	"github.com/egressd/egressd/secrets"
 )
 
+// readMasterKey reads the secrets master key from keyFile, or, without one, from
+// EGRESSD_SECRETS_KEY. ifMissing says how to give a key, in the caller's terms.
+func readMasterKey(keyFile, ifMissing string, warn func(string)) (secrets.Key, error) {
+	switch {
+	case keyFile != "":
+		return secrets.ReadKeyFile(keyFile, warn)
+	case os.Getenv("EGRESSD_SECRETS_KEY") != "":
+		key, err := secrets.ParseKey(os.Getenv("EGRESSD_SECRETS_KEY"))
+		if err != nil {
+			return secrets.Key{}, fmt.Errorf("EGRESSD_SECRETS_KEY: %w", err)
+		}
+		return key, nil
+	}
+	return secrets.Key{}, errors.New("no secrets key: " + ifMissing)
+}
+
 // secretsKeys reads the master key (secrets.key_file, or EGRESSD_SECRETS_KEY) and
 // the previous key of a rotation, if any.
 func secretsKeys(c *config.Config, log *slog.Logger) (secrets.Key, *secrets.Key, error) {
 	warn := func(msg string) { log.Warn(msg) }
-	var key secrets.Key
-	var err error
-	switch {
-	case c.Secrets.KeyFile != "":
-		key, err = secrets.ReadKeyFile(c.Secrets.KeyFile, warn)
-	case os.Getenv("EGRESSD_SECRETS_KEY") != "":
-		key, err = secrets.ParseKey(os.Getenv("EGRESSD_SECRETS_KEY"))
-		if err != nil {
-			err = fmt.Errorf("EGRESSD_SECRETS_KEY: %w", err)
-		}
-	default:
-		err = errors.New("no secrets key: set secrets.key_file or EGRESSD_SECRETS_KEY")
-	}
+	key, err := readMasterKey(c.Secrets.KeyFile, "set secrets.key_file or EGRESSD_SECRETS_KEY", warn)
 	if err != nil {
 		return secrets.Key{}, nil, err
 	}
