@@ -47,7 +47,7 @@ type Decision struct {
 
 	hint     hintKind
 	related  *Rule    // the rule the hint refers to
-	allowed  []uint16 // for a port denial: the ports the host may use
+	set      *portSet // for a port denial: the rules of the host, whose ports the hint lists
 	defaults []uint16 // the ports a rule without a port allows
 }
 
@@ -56,9 +56,8 @@ func (d Decision) allow(r *Rule) Decision {
 	return d
 }
 
-func (d Decision) denyPort(s *portSet, defaults []uint16) Decision {
-	d.Reason, d.hint, d.related = ReasonPort, hintPort, ruleOf(s)
-	d.allowed = s.allowedPorts(defaults)
+func (d Decision) denyPort(s *portSet) Decision {
+	d.Reason, d.hint, d.related, d.set = ReasonPort, hintPort, ruleOf(s), s
 	return d
 }
 
@@ -93,12 +92,13 @@ func (d Decision) Hint() string {
 		return fmt.Sprintf("a wildcard does not cover the domain itself (%s at %s); add %s",
 			d.related.Text, d.related.Location(), d.ruleTarget())
 	case hintPort:
+		allowed := d.set.allowedPorts(d.defaults)
 		word := "port"
-		if len(d.allowed) > 1 {
+		if len(allowed) > 1 {
 			word = "ports"
 		}
 		return fmt.Sprintf("%s is allowed on %s %s only (%s at %s); add %s",
-			d.Host, word, joinPorts(d.allowed), d.related.Text, d.related.Location(), d.Target())
+			d.Host, word, joinPorts(allowed), d.related.Text, d.related.Location(), d.Target())
 	}
 	return fmt.Sprintf("add %s to an allowlist file", d.ruleTarget())
 }

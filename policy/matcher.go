@@ -229,7 +229,7 @@ func (m *Matcher) decideName(d Decision) Decision {
 		}
 	}
 	if portMiss != nil {
-		return d.denyPort(portMiss, m.ports)
+		return d.denyPort(portMiss)
 	}
 	// The fast path in Decide skips validation; a denial can afford it.
 	if validateHost(h) != nil {
@@ -266,7 +266,7 @@ func (m *Matcher) decideAddr(d Decision, addr netip.Addr) Decision {
 	if r := s.allows(d.Port, m.ports); r != nil {
 		return d.allow(r)
 	}
-	return d.denyPort(s, m.ports)
+	return d.denyPort(s)
 }
 
 // prefixSet returns the rules of the longest prefix that contains addr.

@@ -30,7 +30,7 @@ func (p *Proxy) onConnect(hostport string, ctx *goproxy.ProxyCtx) (*goproxy.Conn
 		ex.status = http.StatusForbidden
 		ctx.Resp = denyResponse(r, d)
 		ctx.Resp.Header.Set("Connection", "close")
-		p.metrics.duration.WithLabelValues(kindConnect).Observe(p.opts.Now().Sub(ex.start).Seconds())
+		p.metrics.durationBy[kindConnect].Observe(p.opts.Now().Sub(ex.start).Seconds())
 		return goproxy.RejectConnect, hostport
 	}
 	return &goproxy.ConnectAction{
@@ -59,7 +59,7 @@ func (p *Proxy) startTunnel(ex *exchange, d policy.Decision, client net.Conn) {
 	}
 	ex.status = http.StatusOK
 	p.count(ex)
-	p.metrics.duration.WithLabelValues(kindConnect).Observe(p.opts.Now().Sub(ex.start).Seconds())
+	p.metrics.durationBy[kindConnect].Observe(p.opts.Now().Sub(ex.start).Seconds())
 
 	if ec, ok := client.(*earlyConn); ok {
 		client = ec.Conn
@@ -86,8 +86,8 @@ func (p *Proxy) endTunnel(t *tunnel) {
 	ex := t.ex
 	ex.up += t.up
 	ex.down = t.down
-	p.metrics.tunnelBytes.WithLabelValues("upstream").Add(float64(ex.up))
-	p.metrics.tunnelBytes.WithLabelValues("downstream").Add(float64(ex.down))
+	p.metrics.bytesUp.Add(float64(ex.up))
+	p.metrics.bytesDown.Add(float64(ex.down))
 	ex.closedBy = t.closeReason()
 	p.metrics.tunnelsClosed.WithLabelValues(ex.closedBy).Inc()
 	p.finishDetached(ex)

@@ -13,6 +13,13 @@ type metrics struct {
 	tunnelBytes    *prometheus.CounterVec // direction
 	upstreamErrors *prometheus.CounterVec // reason
 	tunnelsClosed  *prometheus.CounterVec // reason
+
+	// The children the request path uses, resolved once: WithLabelValues hashes the
+	// values and takes the vector's lock on every call.
+	requestsBy map[string]map[string]prometheus.Counter // kind -> decision
+	durationBy map[string]prometheus.Observer           // kind
+	bytesUp    prometheus.Counter
+	bytesDown  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -48,16 +55,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 	}
-	// Initialise the label sets we know, so that series exist from the first scrape.
+	// Resolve the label sets we know, which also makes their series exist from the
+	// first scrape.
+	m.requestsBy = map[string]map[string]prometheus.Counter{}
+	m.durationBy = map[string]prometheus.Observer{}
 	for _, k := range []string{kindHTTP, kindConnect} {
+		m.requestsBy[k] = map[string]prometheus.Counter{}
 		for _, d := range []string{decisionAllow, decisionDeny, decisionReport} {
-			m.requests.WithLabelValues(k, d)
+			m.requestsBy[k][d] = m.requests.WithLabelValues(k, d)
 		}
-		m.duration.WithLabelValues(k)
+		m.durationBy[k] = m.duration.WithLabelValues(k)
 	}
-	for _, d := range []string{"upstream", "downstream"} {
-		m.tunnelBytes.WithLabelValues(d)
-	}
+	m.bytesUp = m.tunnelBytes.WithLabelValues("upstream")
+	m.bytesDown = m.tunnelBytes.WithLabelValues("downstream")
 	for _, r := range []string{"refused", "timeout", "dns", "other"} {
 		m.upstreamErrors.WithLabelValues(r)
 	}

@@ -285,7 +285,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.count(ex)
 	if ex.kind == kindHTTP {
 		ex.down = rec.bytes
-		p.metrics.duration.WithLabelValues(kindHTTP).Observe(p.opts.Now().Sub(ex.start).Seconds())
+		p.metrics.durationBy[kindHTTP].Observe(p.opts.Now().Sub(ex.start).Seconds())
 	}
 	p.accessLog(ex)
 }
@@ -369,7 +369,7 @@ func (p *Proxy) decide(ex *exchange, kind, host string, port uint16) (policy.Dec
 func (p *Proxy) count(ex *exchange) {
 	if ex.kind != "" && !ex.counted {
 		ex.counted = true
-		p.metrics.requests.WithLabelValues(ex.kind, ex.decision).Inc()
+		p.metrics.requestsBy[ex.kind][ex.decision].Inc()
 	}
 }
 
