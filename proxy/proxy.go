@@ -188,6 +188,14 @@ func (p *Proxy) ProtectListener(addr net.Addr) { p.dialer.addOwn(addr) }
 // Ready reports whether the proxy has a policy and is serving.
 func (p *Proxy) Ready() bool { return p.ready.Load() && p.policy.Load() != nil }
 
+// Listen opens the proxy's TCP listener on addr. Accepted connections get no TCP
+// keep-alive (Go's default costs four setsockopt calls per connection): a client
+// connection that goes quiet is closed by Options.IdleTimeout instead.
+func Listen(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	return lc.Listen(context.Background(), "tcp", addr)
+}
+
 // Serve accepts connections on ln until Shutdown. It returns http.ErrServerClosed
 // after a shutdown.
 func (p *Proxy) Serve(ln net.Listener) error {

@@ -4,8 +4,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/egressd/egressd/policy"
@@ -20,8 +22,8 @@ const (
 )
 
 // tunnel is one CONNECT tunnel. Both ends are raw connections (normally
-// *net.TCPConn), so io.Copy ends up in TCPConn.ReadFrom and Linux splice moves the
-// bytes without copying them through user space.
+// *net.TCPConn), so that bulk transfers end up in TCPConn.ReadFrom, where Linux
+// splice moves the bytes without copying them through user space (see relay).
 type tunnel struct {
 	client   net.Conn
 	upstream *net.TCPConn
@@ -67,18 +69,7 @@ type closeWriter interface{ CloseWrite() error }
 // halfCopy copies src to dst until src ends. A clean end (EOF) is passed on as a
 // half-close, so the other direction keeps going; an error ends both.
 func halfCopy(dst, src net.Conn) int64 {
-	var (
-		n   int64
-		err error
-	)
-	// ReadFrom directly, not io.Copy: io.Copy would try src's WriteTo first, which
-	// for TCP to TCP falls back to a second io.Copy before reaching the same splice.
-	// The shorter call chain keeps an idle copier's stack at its smallest size.
-	if rf, ok := dst.(io.ReaderFrom); ok {
-		n, err = rf.ReadFrom(src)
-	} else {
-		n, err = io.Copy(dst, src)
-	}
+	n, err := relay(dst, src)
 	if cw, ok := dst.(closeWriter); ok && err == nil {
 		cw.CloseWrite()
 		return n
@@ -86,6 +77,94 @@ func halfCopy(dst, src net.Conn) int64 {
 	dst.Close()
 	src.Close()
 	return n
+}
+
+// smallSize is the buffer of a relay's read-and-write phase: one TLS record fits.
+const smallSize = 16 << 10
+
+// smallBufs holds the read-and-write buffers. A relay takes one only while its
+// source has bytes ready, so an idle tunnel holds none.
+var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallSize); return &b }}
+
+// relay moves src to dst as HAProxy's splice-auto does: with read and write while
+// the pieces are small, and with splice (dst.ReadFrom) from the first read that
+// fills the buffer, a bulk transfer. A tunnel that carries a handshake and a few
+// requests so costs a read and a write per piece instead of splice's two calls
+// through a pipe; a tunnel that carries a download moves it without copying.
+func relay(dst, src net.Conn) (int64, error) {
+	sc, ok := src.(syscall.Conn)
+	if !ok {
+		return spliceRest(dst, src, 0)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return spliceRest(dst, src, 0)
+	}
+	var total int64
+	for {
+		var (
+			buf  *[]byte
+			n    int
+			rerr error
+		)
+		// The read is attempted inside the poller's callback, and the buffer taken
+		// there, so a copier waiting for bytes holds no buffer.
+		werr := raw.Read(func(fd uintptr) bool {
+			buf = smallBufs.Get().(*[]byte)
+			for {
+				n, rerr = syscall.Read(int(fd), *buf)
+				if rerr != syscall.EINTR {
+					break
+				}
+			}
+			if rerr == syscall.EAGAIN {
+				smallBufs.Put(buf)
+				return false // wait until the socket is readable
+			}
+			return true
+		})
+		switch {
+		case werr != nil: // closed by the other copier, a sweep or a shutdown
+			if buf != nil {
+				smallBufs.Put(buf)
+			}
+			return total, werr
+		case rerr != nil:
+			smallBufs.Put(buf)
+			return total, os.NewSyscallError("read", rerr)
+		case n == 0:
+			smallBufs.Put(buf)
+			return total, nil // EOF
+		}
+		w, err := dst.Write((*buf)[:n])
+		total += int64(w)
+		full := n == len(*buf)
+		smallBufs.Put(buf)
+		if err != nil {
+			return total, err
+		}
+		if full {
+			return spliceRest(dst, src, total)
+		}
+	}
+}
+
+// spliceRest copies the rest of src to dst through dst's ReadFrom, which for two
+// TCP connections is splice. It calls ReadFrom directly, not io.Copy: io.Copy would
+// try src's WriteTo first, which for TCP to TCP falls back to a second io.Copy
+// before reaching the same splice. The shorter call chain keeps an idle copier's
+// stack at its smallest size.
+func spliceRest(dst, src net.Conn, done int64) (int64, error) {
+	var (
+		n   int64
+		err error
+	)
+	if rf, ok := dst.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(src)
+	} else {
+		n, err = io.Copy(dst, src)
+	}
+	return done + n, err
 }
 
 // close ends the tunnel; the first reason given is the one reported.

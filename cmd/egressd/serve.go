@@ -108,7 +108,7 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 		}
 	}
 
-	proxyLn, err := net.Listen("tcp", c.Proxy.Listen)
+	proxyLn, err := proxy.Listen(c.Proxy.Listen)
 	if err != nil {
 		return fmt.Errorf("proxy listener: %w", err)
 	}
