@@ -1,6 +1,9 @@
 // Command bench measures egressd against no proxy at all, on loopback, in one run:
 // CONNECT throughput, plain-HTTP requests per second with latency, new CONNECT
-// tunnels per second, and resident memory per idle tunnel.
+// tunnels per second, and resident memory per idle tunnel. Where they are
+// installed, Squid and tinyproxy run the same workloads as peers, and HAProxy and
+// nginx, as plain relays with no CONNECT and no policy, show what this machine
+// allows any proxy at all.
 //
 // On 2 cores the load generator competes with the proxy, so each workload runs in
 // interleaved rounds (proxy, direct, proxy, direct, ...) and the medians are
@@ -107,7 +110,7 @@ func bench(s settings) error {
 		return err
 	}
 	peers = append(peers, e)
-	for _, start := range []func(string, []string) (*peer, error){startSquid, startTinyproxy} {
+	for _, start := range []func(string, []string) (*peer, error){startSquid, startTinyproxy, startHAProxy, startNginx} {
 		p, err := start(dir, targets)
 		switch {
 		case errors.Is(err, errNotInstalled):
@@ -128,7 +131,19 @@ func bench(s settings) error {
 	for _, p := range peers {
 		names = append(names, p.name)
 	}
-	fmt.Printf("%s vs no proxy, loopback, %d cores, %d rounds (medians; ratio to direct in brackets)\n\n", strings.Join(names, ", "), runtime.NumCPU(), s.rounds)
+	fmt.Printf("%s vs no proxy, loopback, %d cores, %d rounds (medians; ratio to direct in brackets)\n", strings.Join(names, ", "), runtime.NumCPU(), s.rounds)
+	var ceilings []string
+	for _, p := range peers {
+		if p.relay != nil {
+			ceilings = append(ceilings, p.name)
+		}
+	}
+	if ceilings != nil {
+		fmt.Printf("%s: plain TCP relays and reverse proxies, one port per target, with no CONNECT, no\n"+
+			"allowlist and no access log: less work than any forward proxy does, so a ceiling for\n"+
+			"this machine rather than peers\n", strings.Join(ceilings, ", "))
+	}
+	fmt.Println()
 	fmt.Printf("%-40s", "workload")
 	for _, n := range append(names, "direct") {
 		fmt.Printf(" %18s", n)
@@ -140,6 +155,10 @@ func bench(s settings) error {
 		// Measured first, on fresh processes: after the other workloads a heap has free
 		// room to reuse, and the figure would flatter.
 		for _, p := range peers {
+			if p.relay != nil {
+				mem = append(mem, -1) // not a forward proxy: not measured
+				continue
+			}
 			perTunnel, err := idleMemory(p, echo, s.idle)
 			if err != nil {
 				return fmt.Errorf("%s: %w", p.name, err)
@@ -150,14 +169,18 @@ func bench(s settings) error {
 	columns := append(append([]*peer(nil), peers...), &peer{name: "direct"})
 	if s.runs("throughput") {
 		interleave(s.rounds, "CONNECT throughput (MiB/s)", columns, func(p *peer) (float64, error) {
-			return throughput(p.addr, sink, s.bytes)
+			return throughput(p.dial, sink, s.bytes)
 		}).print(false)
 	}
 	if s.runs("http") {
 		p50 := map[string][]float64{}
 		p99 := map[string][]float64{}
 		interleave(s.rounds, fmt.Sprintf("HTTP requests/s (%d clients)", s.httpClients), columns, func(p *peer) (float64, error) {
-			r, err := httpLoad(p.addr, web, s.httpClients, s.duration)
+			proxy, url := p.addr, "http://"+web+"/"
+			if p.relay != nil {
+				proxy, url = "", "http://"+p.relay[web]+"/"
+			}
+			r, err := httpLoad(proxy, url, s.httpClients, s.duration)
 			p50[p.name] = append(p50[p.name], r.p50)
 			p99[p.name] = append(p99[p.name], r.p99)
 			return r.rps, err
@@ -167,12 +190,16 @@ func bench(s settings) error {
 	}
 	if s.runs("tunnels") {
 		interleave(s.rounds, fmt.Sprintf("new CONNECT tunnels/s (%d clients)", s.tunnelConc), columns, func(p *peer) (float64, error) {
-			return tunnelRate(p.addr, echo, s.tunnelConc, s.duration)
+			return tunnelRate(p.dial, echo, s.tunnelConc, s.duration)
 		}).print(false)
 	}
 	if mem != nil {
 		fmt.Printf("%-40s", fmt.Sprintf("RSS per idle tunnel, KiB (%d open)", s.idle))
 		for _, m := range mem {
+			if m < 0 {
+				fmt.Printf(" %18s", "-")
+				continue
+			}
 			fmt.Printf(" %18.1f", m)
 		}
 		fmt.Println()
@@ -245,6 +272,15 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
+// dial opens a connection to target through p: a CONNECT tunnel, the relay's port
+// for target, or for the direct column a direct connection.
+func (p *peer) dial(target string) (net.Conn, error) {
+	if p.relay != nil {
+		return net.DialTimeout("tcp", p.relay[target], 5*time.Second)
+	}
+	return connect(p.addr, target)
+}
+
 // connect opens a tunnel to target through proxy, or with proxy "" a direct connection.
 func connect(proxy, target string) (net.Conn, error) {
 	if proxy == "" {
@@ -276,8 +312,8 @@ func connect(proxy, target string) (net.Conn, error) {
 // throughput sends n bytes to the sink, announced by an 8-byte length, and waits
 // for its count; it returns MiB/s. It does not half-close: Squid ends a tunnel on
 // the client's half-close, which would make the figure a failure instead.
-func throughput(proxy, sink string, n int64) (float64, error) {
-	c, err := connect(proxy, sink)
+func throughput(dial func(string) (net.Conn, error), sink string, n int64) (float64, error) {
+	c, err := dial(sink)
 	if err != nil {
 		return 0, err
 	}
@@ -309,9 +345,10 @@ func throughput(proxy, sink string, n int64) (float64, error) {
 
 type httpResult struct{ rps, p50, p99 float64 }
 
-// httpLoad runs clients keep-alive clients for d and returns requests per second and
-// latency percentiles in milliseconds.
-func httpLoad(proxy, web string, clients int, d time.Duration) (httpResult, error) {
+// httpLoad runs clients keep-alive clients asking for target through proxy ("" for
+// none) for d, and returns requests per second and latency percentiles in
+// milliseconds.
+func httpLoad(proxy, target string, clients int, d time.Duration) (httpResult, error) {
 	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients, DisableCompression: true}
 	if proxy != "" {
 		u, _ := url.Parse("http://" + proxy)
@@ -335,7 +372,7 @@ func httpLoad(proxy, web string, clients int, d time.Duration) (httpResult, erro
 			var mine []float64
 			for ctx.Err() == nil {
 				t0 := time.Now()
-				resp, err := client.Get("http://" + web + "/")
+				resp, err := client.Get(target)
 				if err != nil {
 					errs.Add(1)
 					continue
@@ -364,7 +401,7 @@ func httpLoad(proxy, web string, clients int, d time.Duration) (httpResult, erro
 
 // tunnelRate opens, uses (one byte each way) and closes tunnels from conc clients for
 // d, and returns tunnels per second.
-func tunnelRate(proxy, echo string, conc int, d time.Duration) (float64, error) {
+func tunnelRate(dial func(string) (net.Conn, error), echo string, conc int, d time.Duration) (float64, error) {
 	deadline := time.Now().Add(d)
 	var (
 		n, errs atomic.Int64
@@ -378,7 +415,7 @@ func tunnelRate(proxy, echo string, conc int, d time.Duration) (float64, error) 
 			defer wg.Done()
 			one := []byte{'x'}
 			for time.Now().Before(deadline) {
-				c, err := connect(proxy, echo)
+				c, err := dial(echo)
 				if err != nil {
 					errs.Add(1)
 					lastErr.Store(err)
@@ -416,7 +453,7 @@ func idleMemory(p *peer, echo string, n int) (float64, error) {
 	}()
 	one := []byte{'x'}
 	for i := 0; i < n; i++ {
-		c, err := connect(p.addr, echo)
+		c, err := p.dial(echo)
 		if err != nil {
 			return 0, fmt.Errorf("tunnel %d: %w", i, err)
 		}
@@ -515,6 +552,9 @@ type peer struct {
 	name string
 	addr string
 	cmd  *exec.Cmd
+	// relay, for a TCP relay with no CONNECT, maps each target to the relay's port
+	// for it.
+	relay map[string]string
 }
 
 var errNotInstalled = errors.New("not installed")

@@ -130,3 +130,98 @@ func runPeer(name, addr, dir, conf, bin string, args ...string) (*peer, error) {
 	p := &peer{name: name, addr: addr, cmd: cmd}
 	return p, waitListening(addr, p)
 }
+
+// relayPorts gives each target a free loopback port for a relay to listen on, and
+// returns the map and the listen addresses in the targets' order.
+func relayPorts(targets []string) (map[string]string, []string, error) {
+	m := map[string]string{}
+	var addrs []string
+	for _, t := range targets {
+		a, err := freePort()
+		if err != nil {
+			return nil, nil, err
+		}
+		m[t] = a
+		addrs = append(addrs, a)
+	}
+	return m, addrs, nil
+}
+
+// startHAProxy runs Debian's haproxy as a ceiling: a TCP relay with splice-auto
+// for the sink and the echo server, and a reverse proxy reusing its upstream
+// connections for the web server (the last target). Two threads, as egressd has
+// two cores.
+func startHAProxy(dir string, targets []string) (*peer, error) {
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		return nil, fmt.Errorf("haproxy: %w (apt-get install haproxy)", errNotInstalled)
+	}
+	relay, addrs, err := relayPorts(targets)
+	if err != nil {
+		return nil, err
+	}
+	hd := filepath.Join(dir, "haproxy")
+	os.MkdirAll(hd, 0o755)
+	var b strings.Builder
+	b.WriteString("global\n  nbthread 2\n  maxconn 4096\ndefaults\n  timeout connect 5s\n  timeout client 10m\n  timeout server 10m\n  option splice-auto\n")
+	for i, t := range targets {
+		mode, reuse := "tcp", ""
+		if i == len(targets)-1 {
+			mode, reuse = "http", "  http-reuse always\n"
+		}
+		fmt.Fprintf(&b, "frontend f%d\n  mode %s\n  bind %s\n  default_backend b%d\nbackend b%d\n  mode %s\n%s  server s %s\n",
+			i, mode, addrs[i], i, i, mode, reuse, t)
+	}
+	p, err := runPeer("haproxy*", addrs[0], hd, b.String(), bin, "-db", "-f")
+	if p != nil {
+		p.relay = relay
+	}
+	return p, err
+}
+
+// startNginx runs Debian's nginx as a ceiling: stream relays (1 MiB buffers, copied
+// in user space) for the sink and the echo server, and a reverse proxy with
+// upstream keep-alive for the web server. Two workers.
+func startNginx(dir string, targets []string) (*peer, error) {
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		return nil, fmt.Errorf("nginx: %w (apt-get install nginx libnginx-mod-stream)", errNotInstalled)
+	}
+	const streamModule = "/usr/lib/nginx/modules/ngx_stream_module.so"
+	if _, err := os.Stat(streamModule); err != nil {
+		return nil, fmt.Errorf("nginx's stream module: %w (apt-get install libnginx-mod-stream)", errNotInstalled)
+	}
+	relay, addrs, err := relayPorts(targets)
+	if err != nil {
+		return nil, err
+	}
+	nd := filepath.Join(dir, "nginx")
+	os.MkdirAll(nd, 0o755)
+	last := len(targets) - 1
+	var streams strings.Builder
+	for i, t := range targets[:last] {
+		fmt.Fprintf(&streams, "  server { listen %s; proxy_pass %s; proxy_buffer_size 1m; }\n", addrs[i], t)
+	}
+	conf := fmt.Sprintf(`load_module %s;
+worker_processes 2;
+pid %s/nginx.pid;
+error_log %s/error.log;
+daemon off;
+events { worker_connections 8192; }
+stream {
+%s}
+http {
+  access_log off;
+  upstream web { server %s; keepalive 128; }
+  server {
+    listen %s;
+    location / { proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+`, streamModule, nd, nd, streams.String(), targets[last], addrs[last])
+	p, err := runPeer("nginx*", addrs[0], nd, conf, bin, "-e", filepath.Join(nd, "error.log"), "-p", nd, "-c")
+	if p != nil {
+		p.relay = relay
+	}
+	return p, err
+}
