@@ -37,6 +37,7 @@ func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request
 	if len(r.TransferEncoding) > 0 {
 		ex.closeAfter = true
 	}
+	ctx.RoundTripper = p.upstreamRT
 	return r, nil
 }
 

@@ -75,9 +75,12 @@ type Proxy struct {
 	policy  atomic.Pointer[policy.Matcher]
 	dialer  *dialer
 	gp      *goproxy.ProxyHttpServer
-	srv     *http.Server
-	tunnels *tunnelSet
-	conns   atomic.Int64 // client connections open, tunnels included
+	// upstreams sends plain HTTP requests; upstreamRT is it as goproxy asks for it.
+	upstreams  *upstreams
+	upstreamRT goproxy.RoundTripper
+	srv        *http.Server
+	tunnels    *tunnelSet
+	conns      atomic.Int64 // client connections open, tunnels included
 	// tunnelsLive counts tunnels from their start until their access log line is
 	// written: what a shutdown waits for.
 	tunnelsLive atomic.Int64
@@ -123,6 +126,16 @@ func New(opts Options) (*Proxy, error) {
 	// Exempt from the guard what the policy in force covers, as it is at each dial.
 	p.dialer.exempt = guard.ExemptFunc(func(a netip.Addr) bool { return p.policy.Load().Exempt(a) })
 	p.gp = p.newGoproxy()
+	p.upstreams = &upstreams{
+		dial:        p.dialer.dial,
+		transport:   p.gp.Tr,
+		idleTimeout: opts.IdleTimeout,
+		maxIdle:     256,
+		now:         opts.Now,
+	}
+	p.upstreamRT = goproxy.RoundTripperFunc(func(r *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
+		return p.upstreams.RoundTrip(r)
+	})
 	p.srv = &http.Server{
 		Handler:           p,
 		ReadHeaderTimeout: opts.ReadHeaderTimeout,
@@ -205,9 +218,29 @@ func (p *Proxy) Serve(ln net.Listener) error {
 	p.dialer.addOwn(ln.Addr())
 	stop := p.tunnels.sweepIdle(p.opts.IdleTimeout, p.metrics, p.log)
 	defer stop()
+	stopPrune := every(min(p.opts.IdleTimeout/2, 30*time.Second), p.upstreams.prune)
+	defer stopPrune()
 	p.ready.Store(true)
 	defer p.ready.Store(false)
 	return p.srv.Serve(ln)
+}
+
+// every runs f every d on a goroutine of its own until the returned stop is called.
+func every(d time.Duration, f func()) (stop func()) {
+	tick := time.NewTicker(d)
+	done := make(chan struct{})
+	go func() {
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				f()
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // Shutdown stops accepting, lets requests and tunnels in flight finish until ctx is
@@ -226,6 +259,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		cancel()
 	}
 	p.gp.Tr.CloseIdleConnections()
+	p.upstreams.close()
 	if errors.Is(err, context.DeadlineExceeded) {
 		p.srv.Close()
 		return nil
@@ -462,6 +496,22 @@ func (r *recorder) Write(b []byte) (int, error) {
 	}
 	n, err := r.ResponseWriter.Write(b)
 	r.bytes += int64(n)
+	return n, err
+}
+
+// ReadFrom lets io.Copy of an upstream body use net/http's pooled copy buffer; without
+// it each answer would allocate a fresh 32 KiB buffer, which under load is most of
+// what the garbage collector has to do.
+func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	rf, ok := r.ResponseWriter.(io.ReaderFrom)
+	if !ok {
+		return io.Copy(struct{ io.Writer }{r}, src) // struct: not this ReadFrom again
+	}
+	n, err := rf.ReadFrom(src)
+	r.bytes += n
 	return n, err
 }
 

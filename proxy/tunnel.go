@@ -235,24 +235,12 @@ func (s *tunnelSet) closeAll(reason string) int {
 // data sent and received (TCP_INFO), which covers both directions, so the copy
 // loops stay plain splices with no per-byte bookkeeping. It returns a stop function.
 func (s *tunnelSet) sweepIdle(idle time.Duration, m *metrics, log *slog.Logger) (stop func()) {
-	every := min(max(idle/4, 10*time.Millisecond), time.Second)
-	tick := time.NewTicker(every)
-	done := make(chan struct{})
-	go func() {
-		defer tick.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-tick.C:
-				s.each(func(t *tunnel) {
-					if quiet, ok := quietFor(t.client); ok && quiet >= idle {
-						log.Debug("tunnel idle", "target", t.host, "quiet", quiet)
-						t.close(closeIdle)
-					}
-				})
+	return every(min(max(idle/4, 10*time.Millisecond), time.Second), func() {
+		s.each(func(t *tunnel) {
+			if quiet, ok := quietFor(t.client); ok && quiet >= idle {
+				log.Debug("tunnel idle", "target", t.host, "quiet", quiet)
+				t.close(closeIdle)
 			}
-		}
-	}()
-	return func() { close(done) }
+		})
+	})
 }
