@@ -57,3 +57,61 @@ func BenchmarkHTTP(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkConnect measures short CONNECT tunnels (open, one byte each way, close)
+// through the proxy, in process, for profiling the tunnel path.
+func BenchmarkConnect(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	echo := ln.Addr().String()
+	rule, err := policy.ParseRule(echo)
+	if err != nil {
+		b.Fatal(err)
+	}
+	m, _ := policy.Compile([]policy.Rule{rule}, policy.Options{})
+	p, err := New(Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	p.SetPolicy(m)
+	pln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go p.Serve(pln)
+	defer p.srv.Close()
+	request := []byte("CONNECT " + echo + " HTTP/1.1\r\nHost: " + echo + "\r\n\r\n")
+	const answer = "HTTP/1.1 200 Connection established\r\n\r\n"
+	b.ReportAllocs()
+	b.SetParallelism(4)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		buf := make([]byte, len(answer)+1)
+		for pb.Next() {
+			c, err := net.Dial("tcp", pln.Addr().String())
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			c.Write(append(request, 'x'))
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != answer+"x" {
+				b.Errorf("read %q, %v; want %q", buf, err, answer+"x")
+				c.Close()
+				return
+			}
+			c.Close()
+		}
+	})
+}
