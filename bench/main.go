@@ -23,6 +23,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -64,8 +65,12 @@ func run(args []string) int {
 	fs.IntVar(&s.idle, "idle-tunnels", 2000, "idle tunnels held open for the memory figure")
 	quick := fs.Bool("quick", false, "a smoke run: 64 MiB, 1 round, 1s rounds, 200 idle tunnels")
 	only := fs.String("only", "", "comma-separated workloads to run: throughput, http, tunnels, memory; empty: all")
+	bare := fs.String("bare-connect", "", "run only the bare CONNECT relay on this loopback address (the bench starts it)")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *bare != "" {
+		return serveBareConnect(*bare)
 	}
 	if *quick {
 		s = settings{rounds: 1, bytes: 64 << 20, httpClients: 16, tunnelConc: 8, duration: time.Second, idle: 200}
@@ -110,7 +115,7 @@ func bench(s settings) error {
 		return err
 	}
 	peers = append(peers, e)
-	for _, start := range []func(string, []string) (*peer, error){startSquid, startTinyproxy, startHAProxy, startNginx} {
+	for _, start := range []func(string, []string) (*peer, error){startSquid, startTinyproxy, startBareConnect, startHAProxy, startNginx} {
 		p, err := start(dir, targets)
 		switch {
 		case errors.Is(err, errNotInstalled):
@@ -136,6 +141,10 @@ func bench(s settings) error {
 	for _, p := range peers {
 		if p.relay != nil {
 			ceilings = append(ceilings, p.name)
+		}
+		if p.connectOnly {
+			fmt.Printf("%s: a bare CONNECT relay in Go, part of the bench: no net/http, no allowlist, no\n"+
+				"access log; a ceiling for CONNECT proxies written in Go on this machine\n", p.name)
 		}
 	}
 	if ceilings != nil {
@@ -176,6 +185,9 @@ func bench(s settings) error {
 		p50 := map[string][]float64{}
 		p99 := map[string][]float64{}
 		interleave(s.rounds, fmt.Sprintf("HTTP requests/s (%d clients)", s.httpClients), columns, func(p *peer) (float64, error) {
+			if p.connectOnly {
+				return math.NaN(), nil
+			}
 			proxy, url := p.addr, "http://"+web+"/"
 			if p.relay != nil {
 				proxy, url = "", "http://"+p.relay[web]+"/"
@@ -225,6 +237,10 @@ func (r row) print(lowerBetter bool) {
 	}
 	direct := r.values[len(r.values)-1]
 	for i, v := range r.values {
+		if math.IsNaN(v) {
+			fmt.Printf(" %18s", "-")
+			continue
+		}
 		if i == len(r.values)-1 {
 			fmt.Printf(" %18.1f", v)
 			continue
@@ -263,9 +279,10 @@ func medians(columns []*peer, name string, got map[string][]float64) row {
 	return r
 }
 
+// median is NaN, printed "-", for a column that did not run the workload.
 func median(v []float64) float64 {
 	if len(v) == 0 {
-		return 0
+		return math.NaN()
 	}
 	s := slices.Clone(v)
 	slices.Sort(s)
@@ -555,6 +572,8 @@ type peer struct {
 	// relay, for a TCP relay with no CONNECT, maps each target to the relay's port
 	// for it.
 	relay map[string]string
+	// connectOnly is set for a proxy that only tunnels: it skips the HTTP workload.
+	connectOnly bool
 }
 
 var errNotInstalled = errors.New("not installed")
