@@ -131,6 +131,7 @@ func New(opts Options) (*Proxy, error) {
 		transport:   p.gp.Tr,
 		idleTimeout: opts.IdleTimeout,
 		maxIdle:     256,
+		maxIdleAll:  1024,
 		now:         opts.Now,
 	}
 	p.upstreamRT = goproxy.RoundTripperFunc(func(r *http.Request, _ *goproxy.ProxyCtx) (*http.Response, error) {
@@ -218,7 +219,7 @@ func (p *Proxy) Serve(ln net.Listener) error {
 	p.dialer.addOwn(ln.Addr())
 	stop := p.tunnels.sweepIdle(p.opts.IdleTimeout, p.metrics, p.log)
 	defer stop()
-	stopPrune := every(min(p.opts.IdleTimeout/2, 30*time.Second), p.upstreams.prune)
+	stopPrune := every(min(max(p.opts.IdleTimeout/2, 10*time.Millisecond), 30*time.Second), p.upstreams.prune)
 	defer stopPrune()
 	p.ready.Store(true)
 	defer p.ready.Store(false)

@@ -110,24 +110,22 @@ func relay(dst, src net.Conn) (int64, error) {
 		// The read is attempted inside the poller's callback, and the buffer taken
 		// there, so a copier waiting for bytes holds no buffer.
 		werr := raw.Read(func(fd uintptr) bool {
-			buf = smallBufs.Get().(*[]byte)
+			b := smallBufs.Get().(*[]byte)
 			for {
-				n, rerr = syscall.Read(int(fd), *buf)
+				n, rerr = syscall.Read(int(fd), *b)
 				if rerr != syscall.EINTR {
 					break
 				}
 			}
 			if rerr == syscall.EAGAIN {
-				smallBufs.Put(buf)
+				smallBufs.Put(b)
 				return false // wait until the socket is readable
 			}
+			buf = b // set only here: a buffer given back must not be given back twice
 			return true
 		})
 		switch {
-		case werr != nil: // closed by the other copier, a sweep or a shutdown
-			if buf != nil {
-				smallBufs.Put(buf)
-			}
+		case werr != nil: // closed by the other copier, a sweep or a shutdown; buf is nil
 			return total, werr
 		case rerr != nil:
 			smallBufs.Put(buf)

@@ -28,11 +28,13 @@ type upstreams struct {
 	transport   http.RoundTripper // for every request that is not simple
 	idleTimeout time.Duration
 	maxIdle     int // per origin
+	maxIdleAll  int // in all
 	now         func() time.Time
 
-	mu     sync.Mutex
-	idle   map[string][]*upstreamConn // by host:port, most recently used last
-	closed bool
+	mu        sync.Mutex
+	idle      map[string][]*upstreamConn // by host:port, most recently used last
+	idleCount int                        // connections in idle
+	closed    bool
 }
 
 type upstreamConn struct {
@@ -132,6 +134,7 @@ func (u *upstreams) get(key string) *upstreamConn {
 	for len(list) > 0 {
 		uc := list[len(list)-1]
 		list = list[:len(list)-1]
+		u.idleCount--
 		if u.now().Sub(uc.idleSince) < u.idleTimeout {
 			u.idle[key] = list
 			return uc
@@ -139,6 +142,7 @@ func (u *upstreams) get(key string) *upstreamConn {
 		uc.conn.Close() // idle too long; the ones before it are older still
 		for _, old := range list {
 			old.conn.Close()
+			u.idleCount--
 		}
 		list = nil
 	}
@@ -154,7 +158,7 @@ func (u *upstreams) release(uc *upstreamConn, reusable bool) {
 	}
 	uc.idleSince = u.now()
 	u.mu.Lock()
-	if u.closed || len(u.idle[uc.key]) >= u.maxIdle {
+	if u.closed || len(u.idle[uc.key]) >= u.maxIdle || u.idleCount >= u.maxIdleAll {
 		u.mu.Unlock()
 		uc.conn.Close()
 		return
@@ -163,6 +167,7 @@ func (u *upstreams) release(uc *upstreamConn, reusable bool) {
 		u.idle = map[string][]*upstreamConn{}
 	}
 	u.idle[uc.key] = append(u.idle[uc.key], uc)
+	u.idleCount++
 	u.mu.Unlock()
 }
 
@@ -177,6 +182,7 @@ func (u *upstreams) prune() {
 				keep = append(keep, uc)
 			} else {
 				uc.conn.Close()
+				u.idleCount--
 			}
 		}
 		if len(keep) == 0 {
@@ -198,6 +204,7 @@ func (u *upstreams) close() {
 		}
 		delete(u.idle, key)
 	}
+	u.idleCount = 0
 }
 
 // upstreamBody is an answer's body; read to its end, it gives its connection back.

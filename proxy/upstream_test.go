@@ -343,3 +343,36 @@ func TestUpstreamIdleTimeout(t *testing.T) {
 		t.Errorf("after prune %d origins have kept connections; want 0", kept)
 	}
 }
+
+// TestUpstreamIdleBound: no more connections are kept than the bound in all,
+// whatever the number of origins.
+func TestUpstreamIdleBound(t *testing.T) {
+	var origins []*rawOrigin
+	var addrs []string
+	for i := 0; i < 3; i++ {
+		o := startRawOrigin(t, serveN(10, func(*http.Request, int) string { return okAnswer("hello") }))
+		origins = append(origins, o)
+		addrs = append(addrs, o.addr())
+	}
+	p, _, _ := testProxy(t, addrs...)
+	p.upstreams.maxIdleAll = 2
+	for _, a := range addrs {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+a+"/", nil)
+		resp, err := p.upstreams.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	p.upstreams.mu.Lock()
+	kept := 0
+	for _, list := range p.upstreams.idle {
+		kept += len(list)
+	}
+	count := p.upstreams.idleCount
+	p.upstreams.mu.Unlock()
+	if kept != 2 || count != 2 {
+		t.Errorf("kept %d connections (counted %d) to 3 origins with a bound of 2; want 2", kept, count)
+	}
+}
