@@ -3,10 +3,13 @@
 // reached, and moves the bytes of those it allows.
 //
 // It is built on github.com/elazarl/goproxy. Plain HTTP goes through goproxy's
-// request and response handlers and an http.Transport whose dialer resolves once,
-// checks every address and dials the one it checked. CONNECT is decided in a goproxy
-// CONNECT handler and served by a tunnel of our own (ConnectHijack) that keeps both
-// ends raw *net.TCPConn, so Linux splice moves the bytes, and that half-closes.
+// request and response handlers to the origin, with a dialer that resolves once,
+// checks every address and dials the one it checked: bodiless GET, HEAD and OPTIONS
+// on the serving goroutine over kept connections (upstreams), everything else
+// through an http.Transport. CONNECT is decided in a goproxy CONNECT handler and
+// served by a tunnel of our own (ConnectHijack) that keeps both ends raw
+// *net.TCPConn, relays small pieces with read and write and bulk transfers with
+// Linux splice, and half-closes.
 //
 // The policy is held in an atomic.Pointer and swapped by SetPolicy; no lock is taken
 // to decide a request. The package does not read files or watch them: the caller
