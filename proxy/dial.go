@@ -71,6 +71,9 @@ type dialError struct {
 	host    string
 	err     error
 	guarded guard.Verdict // for a private-address refusal: the first address refused
+	// answer is set for a failure after the connection was made: the origin gave no
+	// valid answer.
+	answer bool
 }
 
 func (e *dialError) Error() string {
@@ -85,6 +88,9 @@ func (e *dialError) Error() string {
 		return fmt.Sprintf("timed out connecting to %s", e.target)
 	case "refused":
 		return fmt.Sprintf("connection to %s refused", e.target)
+	}
+	if e.answer {
+		return fmt.Sprintf("no valid answer from %s: %v", e.target, e.err)
 	}
 	return fmt.Sprintf("cannot connect to %s: %v", e.target, e.err)
 }

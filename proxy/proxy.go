@@ -423,7 +423,8 @@ func (p *Proxy) count(ex *exchange) {
 func (p *Proxy) failure(ex *exchange, err error) (status int, denied, body string) {
 	var de *dialError
 	if !errors.As(err, &de) {
-		de = &dialError{status: http.StatusBadGateway, reason: "other", target: ex.target, err: err}
+		// Not from the dialer: the connection was made, the answer failed.
+		de = &dialError{status: http.StatusBadGateway, reason: "other", target: ex.target, err: err, answer: true}
 	}
 	ex.status, ex.reason = de.status, de.reason
 	if de.refused() {

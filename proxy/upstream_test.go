@@ -376,3 +376,23 @@ func TestUpstreamIdleBound(t *testing.T) {
 		t.Errorf("kept %d connections (counted %d) to 3 origins with a bound of 2; want 2", kept, count)
 	}
 }
+
+// TestUpstreamNoAnswer: an origin that takes the request and closes without an
+// answer gets the client a 502 that says so, on either upstream path.
+func TestUpstreamNoAnswer(t *testing.T) {
+	origin := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+		if r, err := http.ReadRequest(br); err == nil {
+			io.Copy(io.Discard, r.Body)
+		}
+	})
+	_, client, _ := testProxy(t, origin.addr())
+	for _, method := range []string{http.MethodGet, http.MethodPost} {
+		t.Run(method, func(t *testing.T) {
+			resp, body := get(t, client, method, "http://"+origin.addr()+"/", strings.NewReader(""))
+			want := "egressd: no valid answer from " + origin.addr() + ": "
+			if resp.StatusCode != http.StatusBadGateway || !strings.HasPrefix(body, want) {
+				t.Errorf("got %d %q; want 502 starting %q", resp.StatusCode, body, want)
+			}
+		})
+	}
+}
