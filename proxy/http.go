@@ -37,7 +37,9 @@ func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request
 	if len(r.TransferEncoding) > 0 {
 		ex.closeAfter = true
 	}
-	ctx.RoundTripper = p.upstreamRT
+	if simple(r) {
+		ctx.RoundTripper = p.upstreamRT // otherwise goproxy uses gp.Tr
+	}
 	return r, nil
 }
 

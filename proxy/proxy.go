@@ -75,7 +75,8 @@ type Proxy struct {
 	policy  atomic.Pointer[policy.Matcher]
 	dialer  *dialer
 	gp      *goproxy.ProxyHttpServer
-	// upstreams sends plain HTTP requests; upstreamRT is it as goproxy asks for it.
+	// upstreams sends simple plain-HTTP requests; upstreamRT is it as goproxy asks
+	// for it. The rest goes through gp.Tr.
 	upstreams  *upstreams
 	upstreamRT goproxy.RoundTripper
 	srv        *http.Server
@@ -128,7 +129,6 @@ func New(opts Options) (*Proxy, error) {
 	p.gp = p.newGoproxy()
 	p.upstreams = &upstreams{
 		dial:        p.dialer.dial,
-		transport:   p.gp.Tr,
 		idleTimeout: opts.IdleTimeout,
 		maxIdle:     256,
 		maxIdleAll:  1024,

@@ -18,14 +18,13 @@ import (
 // two goroutines per upstream connection and hands every request and answer
 // between them and the caller; under load those hand-offs cost more than the
 // request itself. Everything else (bodies, upgrades, Expect) goes through the
-// Transport, whose handling of those cases is worth its cost.
+// Transport, whose handling of those cases is worth its cost: onRequest picks.
 //
 // A kept connection can have been closed by the origin while it was idle; as
 // Transport does for idempotent requests, a request that fails on a reused
 // connection before any answer is tried once more on a new one.
 type upstreams struct {
 	dial        func(ctx context.Context, host string, port uint16) (*net.TCPConn, error)
-	transport   http.RoundTripper // for every request that is not simple
 	idleTimeout time.Duration
 	maxIdle     int // per origin
 	maxIdleAll  int // in all
@@ -45,7 +44,7 @@ type upstreamConn struct {
 	idleSince time.Time
 }
 
-// simple reports whether r can take the synchronous path.
+// simple reports whether r can take the synchronous path of upstreams.
 func simple(r *http.Request) bool {
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
@@ -57,12 +56,9 @@ func simple(r *http.Request) bool {
 		r.Header.Get("Upgrade") == "" && r.Header.Get("Expect") == ""
 }
 
-// RoundTrip sends r to its origin and returns the answer, whose body must be read
-// to the end or closed.
+// RoundTrip sends r, a simple request, to its origin and returns the answer, whose
+// body must be read to the end or closed.
 func (u *upstreams) RoundTrip(r *http.Request) (*http.Response, error) {
-	if !simple(r) {
-		return u.transport.RoundTrip(r)
-	}
 	host, port, err := URLTarget(r.URL)
 	if err != nil {
 		return nil, err
@@ -126,28 +122,32 @@ func (u *upstreams) exchange(uc *upstreamConn, r *http.Request) (*http.Response,
 	}
 }
 
-// get returns a kept connection to key, or nil.
+// get returns the most recently kept connection to key, or nil.
 func (u *upstreams) get(key string) *upstreamConn {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	list := u.idle[key]
-	for len(list) > 0 {
-		uc := list[len(list)-1]
-		list = list[:len(list)-1]
-		u.idleCount--
-		if u.now().Sub(uc.idleSince) < u.idleTimeout {
-			u.idle[key] = list
-			return uc
-		}
-		uc.conn.Close() // idle too long; the ones before it are older still
-		for _, old := range list {
-			old.conn.Close()
-			u.idleCount--
-		}
-		list = nil
+	n := len(list)
+	if n == 0 {
+		return nil
 	}
+	if uc := list[n-1]; !u.stale(uc) {
+		u.idle[key] = list[:n-1]
+		u.idleCount--
+		return uc
+	}
+	// The newest is idle too long, so are the ones before it.
+	for _, uc := range list {
+		uc.conn.Close()
+	}
+	u.idleCount -= n
 	delete(u.idle, key)
 	return nil
+}
+
+// stale reports whether uc has been kept longer than the idle timeout.
+func (u *upstreams) stale(uc *upstreamConn) bool {
+	return u.now().Sub(uc.idleSince) >= u.idleTimeout
 }
 
 // release keeps uc for the next request to its origin, or closes it.
@@ -178,11 +178,11 @@ func (u *upstreams) prune() {
 	for key, list := range u.idle {
 		keep := list[:0]
 		for _, uc := range list {
-			if u.now().Sub(uc.idleSince) < u.idleTimeout {
-				keep = append(keep, uc)
-			} else {
+			if u.stale(uc) {
 				uc.conn.Close()
 				u.idleCount--
+			} else {
+				keep = append(keep, uc)
 			}
 		}
 		if len(keep) == 0 {
