@@ -7,8 +7,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"testing"
-
-	"github.com/egressd/egressd/policy"
 )
 
 // BenchmarkHTTP measures plain HTTP requests through the proxy, in process, for
@@ -19,23 +17,8 @@ func BenchmarkHTTP(b *testing.B) {
 		io.WriteString(w, "ok")
 	}))
 	defer origin.Close()
-	rule, err := policy.ParseRule(origin.Listener.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	m, _ := policy.Compile([]policy.Rule{rule}, policy.Options{})
-	p, err := New(Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	p.SetPolicy(m)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go p.Serve(ln)
-	defer p.srv.Close()
-	u, _ := url.Parse("http://" + ln.Addr().String())
+	_, addr := serveProxy(b, Options{}, origin.Listener.Addr().String())
+	u, _ := url.Parse("http://" + addr)
 	client := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(u), MaxIdleConnsPerHost: 64}}
 	target := origin.URL + "/"
 	b.ReportAllocs()
@@ -76,22 +59,7 @@ func BenchmarkConnect(b *testing.B) {
 		}
 	}()
 	echo := ln.Addr().String()
-	rule, err := policy.ParseRule(echo)
-	if err != nil {
-		b.Fatal(err)
-	}
-	m, _ := policy.Compile([]policy.Rule{rule}, policy.Options{})
-	p, err := New(Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	p.SetPolicy(m)
-	pln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go p.Serve(pln)
-	defer p.srv.Close()
+	_, proxyAddr := serveProxy(b, Options{}, echo)
 	request := []byte("CONNECT " + echo + " HTTP/1.1\r\nHost: " + echo + "\r\n\r\n")
 	const answer = "HTTP/1.1 200 Connection established\r\n\r\n"
 	b.ReportAllocs()
@@ -100,7 +68,7 @@ func BenchmarkConnect(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		buf := make([]byte, len(answer)+1)
 		for pb.Next() {
-			c, err := net.Dial("tcp", pln.Addr().String())
+			c, err := net.Dial("tcp", proxyAddr)
 			if err != nil {
 				b.Error(err)
 				return

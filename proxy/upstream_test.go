@@ -98,38 +98,53 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// testProxy serves a Proxy on loopback that allows targets, and returns an HTTP
-// client that uses it, and the access log.
-func testProxy(t *testing.T, targets ...string) (*Proxy, *http.Client, *syncBuffer) {
-	t.Helper()
+// serveProxy serves a Proxy made with opts on loopback, with a policy that allows
+// targets (loopback addresses), and returns it and its address.
+func serveProxy(tb testing.TB, opts Options, targets ...string) (*Proxy, string) {
+	tb.Helper()
 	var rules []policy.Rule
 	for _, target := range targets {
 		r, err := policy.ParseRule(target)
 		if err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 		rules = append(rules, r)
 	}
 	m, problems := policy.Compile(rules, policy.Options{})
 	if len(problems) > 0 {
-		t.Fatal(problems)
+		tb.Fatal(problems)
 	}
-	log := &syncBuffer{}
-	p, err := New(Options{Logger: slog.New(slog.NewJSONHandler(log, nil))})
+	p, err := New(opts)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	p.SetPolicy(m)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	go p.Serve(ln)
-	t.Cleanup(func() { p.srv.Close(); p.upstreams.close(); p.gp.Tr.CloseIdleConnections() })
-	u, _ := url.Parse("http://" + ln.Addr().String())
+	tb.Cleanup(func() { p.srv.Close(); p.upstreams.close(); p.gp.Tr.CloseIdleConnections() })
+	return p, ln.Addr().String()
+}
+
+// testProxy serves a Proxy on loopback that allows targets, and returns an HTTP
+// client that uses it, and the access log.
+func testProxy(t *testing.T, targets ...string) (*Proxy, *http.Client, *syncBuffer) {
+	t.Helper()
+	log := &syncBuffer{}
+	p, addr := serveProxy(t, Options{Logger: slog.New(slog.NewJSONHandler(log, nil))}, targets...)
+	u, _ := url.Parse("http://" + addr)
 	tr := &http.Transport{Proxy: http.ProxyURL(u), DisableCompression: true}
 	t.Cleanup(tr.CloseIdleConnections)
 	return p, &http.Client{Transport: tr, Timeout: 10 * time.Second}, log
+}
+
+// originsKept is how many origins the proxy keeps connections to.
+func originsKept(p *Proxy) int {
+	p.upstreams.mu.Lock()
+	defer p.upstreams.mu.Unlock()
+	return len(p.upstreams.idle)
 }
 
 func get(t *testing.T, c *http.Client, method, u string, body io.Reader) (*http.Response, string) {
@@ -177,21 +192,18 @@ func TestHTTPBodies(t *testing.T) {
 				if resp.StatusCode != http.StatusOK || got != want {
 					t.Errorf("got %d with %d bytes; want 200 with %d", resp.StatusCode, len(got), len(want))
 				}
+				wantUp := 0
+				if reqBody != nil {
+					wantUp = len("request body")
+				}
 				wantLog := fmt.Sprintf(`"method":"%s","target":"%s","decision":"allow","reason":"allowed","status":200,"bytes_up":%d,"bytes_down":%d`,
-					method, origin.addr(), len("request body")*btoi(method == http.MethodPost), len(want))
+					method, origin.addr(), wantUp, len(want))
 				if !waitFor(func() bool { return strings.Contains(log.String(), wantLog) }) {
 					t.Errorf("access log lacks %s:\n%s", wantLog, log.String())
 				}
 			})
 		}
 	}
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // waitFor polls cond for up to 2 s: the access log line is written after the answer.
@@ -264,10 +276,7 @@ func TestUpstreamBodyNotReadToEnd(t *testing.T) {
 	}
 	resp.Body.Read(make([]byte, 100))
 	resp.Body.Close()
-	p.upstreams.mu.Lock()
-	kept := len(p.upstreams.idle)
-	p.upstreams.mu.Unlock()
-	if kept != 0 {
+	if kept := originsKept(p); kept != 0 {
 		t.Errorf("%d origins have kept connections after a body closed early; want 0", kept)
 	}
 	resp, err = p.upstreams.RoundTrip(req)
@@ -336,10 +345,7 @@ func TestUpstreamIdleTimeout(t *testing.T) {
 	}
 	now.Add(int64(61 * time.Second))
 	p.upstreams.prune()
-	p.upstreams.mu.Lock()
-	kept := len(p.upstreams.idle)
-	p.upstreams.mu.Unlock()
-	if kept != 0 {
+	if kept := originsKept(p); kept != 0 {
 		t.Errorf("after prune %d origins have kept connections; want 0", kept)
 	}
 }
