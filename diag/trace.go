@@ -12,8 +12,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/egressd/egressd/dialer"
 	"github.com/egressd/egressd/policy"
-	"github.com/egressd/egressd/proxy"
 )
 
 // DefaultMaxHops is how many requests a trace makes at most.
@@ -23,7 +23,7 @@ const DefaultMaxHops = 10
 type Tracer struct {
 	// Policy returns the policy each hop is checked against.
 	Policy func() *policy.Matcher
-	// Dial connects, under the private-address guard (proxy.GuardedDialer).
+	// Dial connects, under the private-address guard (a dialer.Dialer's DialContext).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// MaxHops bounds the chain. If zero, DefaultMaxHops.
 	MaxHops int
@@ -115,7 +115,7 @@ func (t *Tracer) Trace(ctx context.Context, rawURL string) (*Trace, error) {
 // check records the policy's verdict on u's target in a new hop.
 func (t *Tracer) check(m *policy.Matcher, u *url.URL) Hop {
 	hop := Hop{URL: u.String()}
-	host, port, err := proxy.URLTarget(u)
+	host, port, err := policy.URLTarget(u)
 	if err != nil {
 		hop.Error = err.Error()
 		return hop
@@ -148,12 +148,12 @@ func (t *Tracer) fetch(ctx context.Context, client *http.Client, u *url.URL, hop
 		}
 	}
 	if err != nil {
-		if reason, addr, hint, ok := proxy.Refusal(err); ok {
+		if de, ok := dialer.Refusal(err); ok {
 			// The guard refused every address: reported, never fetched.
 			hop.Allowed, hop.Rule, hop.RuleAt = false, "", ""
-			hop.Reason, hop.Hint = reason, hint
-			hop.Error = "not fetched: " + hint
-			if a, err := netip.ParseAddr(addr); err == nil {
+			hop.Reason, hop.Hint = de.Reason, de.Hint()
+			hop.Error = "not fetched: " + de.Hint()
+			if a, ok := de.RefusedAddr(); ok {
 				hop.suggest = netip.PrefixFrom(a, a.BitLen()).String()
 			}
 		} else {

@@ -21,6 +21,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/egressd/egressd/dialer"
 	"github.com/egressd/egressd/guard"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/resolver"
@@ -36,11 +37,20 @@ type Resolver interface {
 	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
+// AddrChecker is the private-address guard with the exemptions in force;
+// *dialer.Dialer is one, so that the listener answers with what the proxy dials.
+type AddrChecker interface {
+	Check(netip.Addr) guard.Verdict
+}
+
 // Options configure a Server.
 type Options struct {
 	Policy   PolicySource
 	Resolver Resolver
-	Guard    *guard.Guard
+	// Guard removes the addresses that egressd would refuse to dial from answers.
+	// If nil, a dialer.Dialer with the guard, exempting the IP and CIDR rules of the
+	// policy in force.
+	Guard AddrChecker
 	// NXDomain answers names the allowlist does not allow with NXDOMAIN instead of
 	// REFUSED. glibc moves on to the next search domain after NXDOMAIN.
 	NXDomain bool
@@ -72,7 +82,10 @@ func New(opts Options) (*Server, error) {
 		opts.Timeout = 5 * time.Second
 	}
 	if opts.Guard == nil {
-		opts.Guard = guard.New(nil)
+		policy := opts.Policy
+		opts.Guard = dialer.New(dialer.Options{
+			Exempt: guard.ExemptFunc(func(a netip.Addr) bool { return policy.Policy().Exempt(a) }),
+		})
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -210,7 +223,7 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	s.queries.WithLabelValues("allowed").Inc()
 	ttl := uint32(s.opts.TTL / time.Second)
 	for _, a := range addrs {
-		if s.opts.Guard.Check(a, m).Denied {
+		if s.opts.Guard.Check(a).Denied {
 			continue
 		}
 		hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: ttl}

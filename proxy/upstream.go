@@ -3,127 +3,416 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/egressd/egressd/policy"
 )
 
-// upstreams sends the simplest requests, bodiless GET, HEAD and OPTIONS, to their
-// origin on the goroutine that serves the client: write the request, read the
-// answer, on one connection kept for the next request. net/http's Transport runs
-// two goroutines per upstream connection and hands every request and answer
-// between them and the caller; under load those hand-offs cost more than the
-// request itself. Everything else (bodies, upgrades, Expect) goes through the
-// Transport, whose handling of those cases is worth its cost: onRequest picks.
+// upstreams is egressd's one HTTP/1.1 client for plain-HTTP requests: it writes a
+// request to its origin and reads the answer on connections it keeps for the next
+// request to the same origin. A bodiless request is sent and answered on the
+// goroutine that serves the client (net/http's Transport runs two goroutines per
+// connection and hands every request and answer between them, which under load
+// costs more than the request itself); a request body is written by a goroutine of
+// its own while the answer is read, so that an origin may answer before it has
+// read the body (an early 413), and an Expect: 100-continue body waits for the
+// origin's 100 Continue (or expectTimeout).
 //
-// A kept connection can have been closed by the origin while it was idle; as
-// Transport does for idempotent requests, a request that fails on a reused
-// connection before any answer is tried once more on a new one.
+// Answers are bounded: their headers by maxHeaderBytes, the wait for them by
+// headerTimeout (counted once the request is sent), interim 1xx answers by
+// maxInterim. A kept connection can have been closed by the origin while it was
+// idle: a bodiless request that fails on a reused connection before any byte of an
+// answer is tried once more on a new one (as Transport does for idempotent
+// requests); a connection about to carry a body is checked first instead.
+//
+// The request's URL names the decided, normalized target (host:port), which is
+// what is dialled: onRequest has put it there.
 type upstreams struct {
-	dial        func(ctx context.Context, host string, port uint16) (*net.TCPConn, error)
-	idleTimeout time.Duration
-	maxIdle     int // per origin
-	maxIdleAll  int // in all
-	now         func() time.Time
+	dial           func(ctx context.Context, host string, port uint16) (*net.TCPConn, error)
+	tlsConfig      *tls.Config // for https:// URLs; nil means the system roots
+	idleTimeout    time.Duration
+	headerTimeout  time.Duration
+	maxHeaderBytes int64
+	expectTimeout  time.Duration
+	maxIdle        int // per origin
+	maxIdleAll     int // in all
+	now            func() time.Time
 
 	mu        sync.Mutex
-	idle      map[string][]*upstreamConn // by host:port, most recently used last
+	idle      map[string][]*upstreamConn // by scheme://host:port, most recently used last
 	idleCount int                        // connections in idle
 	closed    bool
 }
 
+// maxInterim bounds the interim (1xx) answers before the final one.
+const maxInterim = 5
+
 type upstreamConn struct {
-	conn      *net.TCPConn
+	conn      net.Conn
+	limit     *headerLimit // between conn and br: bounds what answer headers may take
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	key       string
 	idleSince time.Time
 }
 
-// simple reports whether r can take the synchronous path of upstreams.
-func simple(r *http.Request) bool {
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
-	default:
-		return false
-	}
-	return (r.Body == nil || r.Body == http.NoBody) && r.ContentLength == 0 &&
-		len(r.TransferEncoding) == 0 && r.URL.Scheme == "http" &&
-		r.Header.Get("Upgrade") == "" && r.Header.Get("Expect") == ""
-}
-
-// RoundTrip sends r, a simple request, to its origin and returns the answer, whose
-// body must be read to the end or closed.
+// RoundTrip sends r to its origin and returns the answer, whose body must be read to
+// the end or closed. A 101 answer's body is the upgraded connection, readable and
+// writable.
 func (u *upstreams) RoundTrip(r *http.Request) (*http.Response, error) {
-	host, port, err := URLTarget(r.URL)
+	host, port, err := policy.SplitTarget(r.URL.Host, 0)
 	if err != nil {
 		return nil, err
 	}
-	key := net.JoinHostPort(host, strconv.Itoa(int(port)))
+	if r.URL.Scheme != "http" && r.URL.Scheme != "https" {
+		return nil, errors.New("unsupported scheme " + strconv.Quote(r.URL.Scheme))
+	}
+	key := r.URL.Scheme + "://" + r.URL.Host
+	hasBody := r.Body != nil && r.Body != http.NoBody
+	checkIdle := hasBody || r.Header.Get("Upgrade") != ""
 	for attempt := 0; ; attempt++ {
-		uc := u.get(key)
+		uc := u.get(key, checkIdle)
 		reused := uc != nil
 		if uc == nil {
-			c, err := u.dial(r.Context(), host, port)
-			if err != nil {
+			if uc, err = u.connect(r.Context(), r.URL.Scheme, host, port, key); err != nil {
 				return nil, err
 			}
-			uc = &upstreamConn{conn: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096), key: key}
 		}
-		resp, err := u.exchange(uc, r)
+		resp, err := u.exchange(uc, r, hasBody)
 		if err == nil {
 			return resp, nil
 		}
 		uc.conn.Close()
-		if !reused || attempt > 0 || r.Context().Err() != nil {
+		if !reused || attempt > 0 || hasBody || uc.limit.read > 0 || r.Context().Err() != nil || errors.Is(err, errHeaderTimeout) {
 			return nil, err
 		}
 		// The origin closed the kept connection; nothing of an answer was read.
 	}
 }
 
+// connect dials a new connection to host:port, with TLS for https.
+func (u *upstreams) connect(ctx context.Context, scheme, host string, port uint16, key string) (*upstreamConn, error) {
+	tc, err := u.dial(ctx, host, port)
+	if err != nil {
+		return nil, err
+	}
+	var c net.Conn = tc
+	if scheme == "https" {
+		cfg := &tls.Config{}
+		if u.tlsConfig != nil {
+			cfg = u.tlsConfig.Clone()
+		}
+		if cfg.ServerName == "" {
+			cfg.ServerName = host
+		}
+		cfg.NextProtos = []string{"http/1.1"}
+		tlc := tls.Client(tc, cfg)
+		hctx, cancel := context.WithTimeout(ctx, u.headerTimeout)
+		err := tlc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			tc.Close()
+			return nil, err
+		}
+		c = tlc
+	}
+	limit := &headerLimit{r: c, left: -1}
+	return &upstreamConn{conn: c, limit: limit, br: bufio.NewReaderSize(limit, 4096), bw: bufio.NewWriterSize(c, 4096), key: key}, nil
+}
+
 // exchange writes r on uc and reads the answer's header.
-func (u *upstreams) exchange(uc *upstreamConn, r *http.Request) (*http.Response, error) {
-	// A client that goes away cancels its request: stop waiting for the origin.
-	stop := context.AfterFunc(r.Context(), func() { uc.conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	if err := r.Write(uc.bw); err != nil {
+func (u *upstreams) exchange(uc *upstreamConn, r *http.Request, hasBody bool) (*http.Response, error) {
+	dl := &deadlines{conn: uc.conn, timeout: u.headerTimeout}
+	// A client that goes away cancels its request: stop writing and waiting.
+	stop := context.AfterFunc(r.Context(), dl.cancel)
+	if err := writeRequestHead(uc.bw, r, hasBody); err != nil {
+		stop()
 		return nil, err
 	}
 	if err := uc.bw.Flush(); err != nil {
+		stop()
 		return nil, err
 	}
-	for {
+	var bw *bodyWriter
+	if hasBody {
+		bw = &bodyWriter{uc: uc, r: r, dl: dl, gate: make(chan bool, 1), done: make(chan struct{})}
+		expect := strings.EqualFold(r.Header.Get("Expect"), "100-continue")
+		go writeRequestBody(bw, expect, u.expectTimeout)
+	} else {
+		dl.sent()
+	}
+	resp, err := u.readAnswer(uc, r, dl, bw)
+	if err != nil {
+		stop()
+		if bw != nil {
+			bw.release(false)
+			uc.conn.Close()
+			<-bw.done
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) && dl.timedOut() {
+			return nil, errHeaderTimeout
+		}
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		stop()
+		resp.Body = &upgradedConn{uc: uc}
+		return resp, nil
+	}
+	reusable := !resp.Close
+	body := &upstreamBody{body: resp.Body, u: u, uc: uc, bw: bw, stop: stop, reusable: reusable}
+	if resp.Body == http.NoBody || resp.ContentLength == 0 {
+		if resp.Body != http.NoBody {
+			resp.Body.Close()
+		}
+		body.done(true)
+		resp.Body = http.NoBody
+		return resp, nil
+	}
+	resp.Body = body
+	return resp, nil
+}
+
+// readAnswer reads answers until the final one: interim answers are skipped (100
+// Continue lets the body go), at most maxInterim of them; 101 ends the exchange for
+// a request that asked for an upgrade.
+func (u *upstreams) readAnswer(uc *upstreamConn, r *http.Request, dl *deadlines, bw *bodyWriter) (*http.Response, error) {
+	for interim := 0; ; interim++ {
+		uc.limit.arm(u.maxHeaderBytes + int64(uc.br.Size()))
 		resp, err := http.ReadResponse(uc.br, r)
+		exceeded := uc.limit.exceeded
+		uc.limit.disarm()
+		if exceeded {
+			return nil, errHeaderTooLarge
+		}
 		if err != nil {
 			return nil, err
 		}
 		switch {
 		case resp.StatusCode == http.StatusSwitchingProtocols:
-			return nil, errors.New("the origin switched protocols on a request that asked for no upgrade")
-		case resp.StatusCode >= 100 && resp.StatusCode < 200:
-			continue // an interim answer (103 Early Hints): the final one follows
-		}
-		reusable := !resp.Close && !r.Close
-		if resp.Body == http.NoBody || resp.ContentLength == 0 {
-			if resp.Body != http.NoBody {
-				resp.Body.Close()
-				resp.Body = http.NoBody
+			if r.Header.Get("Upgrade") == "" || !isWebsocket(resp.Header) {
+				return nil, errors.New("the origin switched protocols on a request that asked for no such upgrade")
 			}
-			u.release(uc, reusable)
+			dl.answered()
 			return resp, nil
+		case resp.StatusCode >= 100 && resp.StatusCode < 200:
+			if interim >= maxInterim {
+				return nil, errors.New("more than " + strconv.Itoa(maxInterim) + " interim (1xx) answers")
+			}
+			if resp.StatusCode == http.StatusContinue && bw != nil {
+				bw.release(true)
+			}
+			continue
 		}
-		resp.Body = &upstreamBody{body: resp.Body, u: u, uc: uc, reusable: reusable}
+		dl.answered()
+		if bw != nil {
+			bw.release(false) // a final answer before 100 Continue: the body is not sent
+		}
 		return resp, nil
 	}
 }
 
-// get returns the most recently kept connection to key, or nil.
-func (u *upstreams) get(key string) *upstreamConn {
+// reqWriteExclude are the headers writeRequestHead writes itself or never.
+var reqWriteExclude = map[string]bool{"Host": true, "Content-Length": true, "Transfer-Encoding": true, "Trailer": true}
+
+// writeRequestHead writes the request line and headers of r. A body is framed by
+// its Content-Length, or chunked when its length is unknown.
+func writeRequestHead(bw *bufio.Writer, r *http.Request, hasBody bool) error {
+	bw.WriteString(r.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(r.URL.RequestURI())
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(r.Host)
+	bw.WriteString("\r\n")
+	if err := r.Header.WriteSubset(bw, reqWriteExclude); err != nil {
+		return err
+	}
+	if hasBody {
+		if r.ContentLength > 0 {
+			bw.WriteString("Content-Length: " + strconv.FormatInt(r.ContentLength, 10) + "\r\n")
+		} else {
+			bw.WriteString("Transfer-Encoding: chunked\r\n")
+		}
+	}
+	_, err := bw.WriteString("\r\n")
+	return err
+}
+
+// bodyWriter sends a request body beside the reading of the answer.
+type bodyWriter struct {
+	uc   *upstreamConn
+	r    *http.Request
+	dl   *deadlines
+	gate chan bool // true: send the body; false: do not
+	once sync.Once
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+// release lets the body go (send) or stops it from going, once.
+func (w *bodyWriter) release(send bool) {
+	w.once.Do(func() { w.gate <- send })
+}
+
+// finished reports whether the whole body was sent.
+func (w *bodyWriter) finished() bool {
+	select {
+	case <-w.done:
+		return w.err == nil
+	default:
+		return false
+	}
+}
+
+// writeRequestBody is the goroutine that writes a request's body.
+func writeRequestBody(w *bodyWriter, expect bool, expectTimeout time.Duration) {
+	defer close(w.done)
+	if expect {
+		t := time.AfterFunc(expectTimeout, func() { w.release(true) })
+		send := <-w.gate
+		t.Stop()
+		if !send {
+			w.err = errors.New("body not sent")
+			return
+		}
+	} else {
+		w.release(true)
+	}
+	w.err = copyBody(w.uc.bw, w.r)
+	if w.err == nil {
+		w.err = w.uc.bw.Flush()
+	}
+	if w.err != nil {
+		// A body cut short must not reach the origin as a complete request.
+		w.uc.conn.Close()
+		return
+	}
+	w.dl.sent()
+}
+
+// copyBody writes r's body framed as writeRequestHead announced it.
+func copyBody(bw *bufio.Writer, r *http.Request) error {
+	if r.ContentLength > 0 {
+		n, err := io.Copy(bw, io.LimitReader(r.Body, r.ContentLength))
+		if err == nil && n < r.ContentLength {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	cw := httputil.NewChunkedWriter(bw)
+	if _, err := io.Copy(cw, r.Body); err != nil {
+		return err
+	}
+	if err := cw.Close(); err != nil {
+		return err
+	}
+	if len(r.Trailer) > 0 {
+		if err := r.Trailer.Write(bw); err != nil {
+			return err
+		}
+	}
+	_, err := bw.WriteString("\r\n")
+	return err
+}
+
+// deadlines sets the read deadline of an exchange's connection: the answer header
+// must come within timeout of the request being sent; a canceled request ends
+// every read and write at once. Writer and reader goroutines both use it.
+type deadlines struct {
+	conn    net.Conn
+	timeout time.Duration
+
+	mu       sync.Mutex
+	armed    bool // the header deadline is set
+	got      bool // the final header has been read
+	canceled bool
+	expired  bool
+}
+
+func (d *deadlines) sent() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.got && !d.canceled {
+		d.armed = true
+		d.conn.SetReadDeadline(time.Now().Add(d.timeout))
+	}
+}
+
+func (d *deadlines) answered() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.got = true
+	if !d.canceled {
+		d.conn.SetReadDeadline(time.Time{})
+	}
+}
+
+func (d *deadlines) cancel() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.canceled = true
+	d.conn.SetDeadline(time.Unix(1, 0))
+}
+
+// timedOut reports whether a read that ran past its deadline was held to the header
+// timeout (not canceled).
+func (d *deadlines) timedOut() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.armed && !d.got && !d.canceled
+}
+
+// headerLimit bounds the bytes read from the connection while armed.
+type headerLimit struct {
+	r        io.Reader
+	left     int64 // -1: not armed
+	read     int64 // bytes read while armed, for the retry rule
+	exceeded bool
+}
+
+func (l *headerLimit) arm(n int64) { l.left, l.read, l.exceeded = n, 0, false }
+func (l *headerLimit) disarm()     { l.left = -1 }
+
+func (l *headerLimit) Read(p []byte) (int, error) {
+	if l.left < 0 {
+		return l.r.Read(p)
+	}
+	if l.left == 0 {
+		l.exceeded = true
+		return 0, errHeaderTooLarge
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	l.read += int64(n)
+	return n, err
+}
+
+// get returns the most recently kept connection to key, or nil. With check, a kept
+// connection is first asked whether the origin has closed it.
+func (u *upstreams) get(key string, check bool) *upstreamConn {
+	for {
+		uc := u.take(key)
+		if uc == nil || !check || alive(uc) {
+			return uc
+		}
+		uc.conn.Close()
+	}
+}
+
+func (u *upstreams) take(key string) *upstreamConn {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	list := u.idle[key]
@@ -143,6 +432,15 @@ func (u *upstreams) get(key string) *upstreamConn {
 	u.idleCount -= n
 	delete(u.idle, key)
 	return nil
+}
+
+// alive reports whether an idle connection is still open and clean: a read that
+// cannot wait finds nothing to read (a closed one reads EOF).
+func alive(uc *upstreamConn) bool {
+	uc.conn.SetReadDeadline(time.Unix(1, 0))
+	_, err := uc.br.Peek(1)
+	uc.conn.SetReadDeadline(time.Time{})
+	return errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // stale reports whether uc has been kept longer than the idle timeout.
@@ -212,6 +510,8 @@ type upstreamBody struct {
 	body     io.ReadCloser
 	u        *upstreams
 	uc       *upstreamConn // nil once given back or closed
+	bw       *bodyWriter   // the request body's writer, if any
+	stop     func() bool   // ends the cancellation watch
 	reusable bool
 	eof      bool
 }
@@ -225,20 +525,40 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.body.Read(p)
 	if err == io.EOF {
-		uc := b.uc
-		b.uc, b.eof = nil, true
-		b.u.release(uc, b.reusable)
+		b.eof = true
+		b.done(b.reusable)
 	} else if err != nil {
-		b.uc.conn.Close()
-		b.uc = nil
+		b.done(false)
 	}
 	return n, err
 }
 
-func (b *upstreamBody) Close() error {
-	if b.uc != nil { // not read to the end: the rest of the answer is still on the wire
-		b.uc.conn.Close()
-		b.uc = nil
+// done gives the connection back (or closes it) once the answer has ended.
+func (b *upstreamBody) done(reusable bool) {
+	uc := b.uc
+	if uc == nil {
+		return
 	}
+	b.uc = nil
+	b.stop()
+	if b.bw != nil && !b.bw.finished() {
+		// The origin answered before it had the whole body: the connection is in no
+		// state to carry another request, and closing it ends the writer.
+		reusable = false
+		uc.conn.Close()
+		<-b.bw.done
+	}
+	b.u.release(uc, reusable)
+}
+
+func (b *upstreamBody) Close() error {
+	b.done(false) // not read to the end: the rest of the answer is still on the wire
 	return nil
 }
+
+// upgradedConn is the origin's end of an upgraded connection (a 101 answer).
+type upgradedConn struct{ uc *upstreamConn }
+
+func (c *upgradedConn) Read(p []byte) (int, error)  { return c.uc.br.Read(p) }
+func (c *upgradedConn) Write(p []byte) (int, error) { return c.uc.conn.Write(p) }
+func (c *upgradedConn) Close() error                { return c.uc.conn.Close() }

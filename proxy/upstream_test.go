@@ -124,7 +124,7 @@ func serveProxy(tb testing.TB, opts Options, targets ...string) (*Proxy, string)
 		tb.Fatal(err)
 	}
 	go p.Serve(ln)
-	tb.Cleanup(func() { p.srv.Close(); p.upstreams.close(); p.gp.Tr.CloseIdleConnections() })
+	tb.Cleanup(p.close)
 	return p, ln.Addr().String()
 }
 

@@ -12,10 +12,10 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/diag"
+	"github.com/egressd/egressd/dialer"
 	"github.com/egressd/egressd/guard"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/policy"
-	"github.com/egressd/egressd/proxy"
 	"github.com/egressd/egressd/resolver"
 )
 
@@ -95,7 +95,9 @@ func localTracer(cfgPath string) (*diag.Tracer, error) {
 	current := func() *policy.Matcher { return m }
 	return &diag.Tracer{
 		Policy: current,
-		Dial:   proxy.GuardedDialer(r, guard.New(allowPrivate(c)), liveExemption(current), c.Proxy.DialTimeout),
+		Dial: dialer.New(dialer.Options{
+			Resolver: r, Guard: guard.New(allowPrivate(c)), Exempt: liveExemption(current), Timeout: c.Proxy.DialTimeout,
+		}).DialContext,
 	}, nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/egressd/egressd/policy"
-	"github.com/egressd/egressd/proxy"
 )
 
 func runExplain(_ context.Context, args []string, stdout, stderr io.Writer) int {
@@ -57,7 +56,7 @@ func parseExplainTarget(s string) (string, uint16, error) {
 		if err != nil {
 			return "", 0, fmt.Errorf("invalid URL %q: %v", s, err)
 		}
-		return proxy.URLTarget(u)
+		return policy.URLTarget(u)
 	}
-	return proxy.SplitTarget(s, 443)
+	return policy.SplitTarget(s, 443)
 }

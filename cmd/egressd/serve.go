@@ -19,6 +19,7 @@ import (
 
 	"github.com/egressd/egressd/admin"
 	"github.com/egressd/egressd/diag"
+	"github.com/egressd/egressd/dialer"
 	"github.com/egressd/egressd/dnsserver"
 	"github.com/egressd/egressd/guard"
 	"github.com/egressd/egressd/internal/config"
@@ -55,7 +56,15 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 	if err != nil {
 		return err
 	}
-	addrGuard := guard.New(allowPrivate(c))
+	// One dialer for the proxy, trace and the DNS listener: they agree on what is
+	// reachable. Its exemptions are the IP and CIDR rules of the policy in force.
+	var p *proxy.Proxy
+	dial := dialer.New(dialer.Options{
+		Resolver: res,
+		Guard:    guard.New(allowPrivate(c)),
+		Exempt:   liveExemption(func() *policy.Matcher { return p.Policy() }),
+		Timeout:  c.Proxy.DialTimeout,
+	})
 	// A secrets file that does not open (wrong key, tampered, truncated) stops egressd
 	// here, before any listener, and is left as it is.
 	store, runtimeAPI, err := openSecrets(c, log, reg)
@@ -67,20 +76,20 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 		return err
 	}
 	denials := diag.NewDenials(c.Admin.DenialTargets)
-	p, err := proxy.New(proxy.Options{
-		Denials:             denials,
-		LocalHandler:        runtimeAPI,
-		Resolver:            res,
-		Guard:               addrGuard,
-		Report:              c.Mode == config.ModeReport,
-		DialTimeout:         c.Proxy.DialTimeout,
-		IdleTimeout:         c.Proxy.IdleTimeout,
-		ReadHeaderTimeout:   c.Proxy.ReadHeaderTimeout,
-		MaxHeaderBytes:      c.Proxy.MaxHeaderBytes,
-		MaxConnections:      c.Proxy.MaxConnections,
-		CloseRevokedTunnels: *c.Proxy.CloseRevokedTunnels,
-		Logger:              log,
-		Registerer:          reg,
+	p, err = proxy.New(proxy.Options{
+		Denials:                denials,
+		LocalHandler:           runtimeAPI,
+		Dialer:                 dial,
+		Report:                 c.Mode == config.ModeReport,
+		IdleTimeout:            c.Proxy.IdleTimeout,
+		ReadHeaderTimeout:      c.Proxy.ReadHeaderTimeout,
+		MaxHeaderBytes:         c.Proxy.MaxHeaderBytes,
+		MaxResponseHeaderBytes: c.Proxy.MaxResponseHeaderBytes,
+		ResponseHeaderTimeout:  c.Proxy.ResponseHeaderTimeout,
+		MaxConnections:         c.Proxy.MaxConnections,
+		CloseRevokedTunnels:    *c.Proxy.CloseRevokedTunnels,
+		Logger:                 log,
+		Registerer:             reg,
 	})
 	if err != nil {
 		return err
@@ -128,7 +137,7 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 			return fmt.Errorf("dns listener: %w", err)
 		}
 		dnsSrv, err = dnsserver.New(dnsserver.Options{
-			Policy: p, Resolver: res, Guard: addrGuard,
+			Policy: p, Resolver: res, Guard: dial,
 			NXDomain: c.DNS.Refuse == "nxdomain", Logger: log, Registerer: reg,
 		})
 		if err != nil {
@@ -147,7 +156,7 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 	if adminToken != "" {
 		tracer := &diag.Tracer{
 			Policy: p.Policy,
-			Dial:   proxy.GuardedDialer(res, addrGuard, liveExemption(p.Policy), c.Proxy.DialTimeout),
+			Dial:   dial.DialContext,
 		}
 		h, err := adminHandler(adminToken, tracer, denials, reloader, p)
 		if err != nil {

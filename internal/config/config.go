@@ -78,6 +78,12 @@ type Proxy struct {
 	DialTimeout time.Duration `yaml:"dial_timeout"`
 	// MaxHeaderBytes bounds a request's header size. If zero, 64 KiB is used.
 	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// MaxResponseHeaderBytes bounds an origin's answer headers (each interim 1xx
+	// answer's and the final one's); past it the client gets 502. If zero, 1 MiB.
+	MaxResponseHeaderBytes int64 `yaml:"max_response_header_bytes"`
+	// ResponseHeaderTimeout bounds the wait for an origin's answer headers once the
+	// request has been sent; past it the client gets 504. If zero, 60s is used.
+	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
 	// MaxConnections bounds concurrent client connections. If zero, 4096 is used.
 	MaxConnections int `yaml:"max_connections"`
 	// DrainTimeout is how long a shutdown lets requests and tunnels in flight finish
@@ -187,6 +193,8 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Proxy.IdleTimeout, 5*time.Minute)
 	setDefault(&c.Proxy.DialTimeout, 10*time.Second)
 	setDefault(&c.Proxy.MaxHeaderBytes, 64<<10)
+	setDefault(&c.Proxy.MaxResponseHeaderBytes, 1<<20)
+	setDefault(&c.Proxy.ResponseHeaderTimeout, 60*time.Second)
 	setDefault(&c.Proxy.MaxConnections, 4096)
 	setDefault(&c.Proxy.DrainTimeout, 30*time.Second)
 	if c.Proxy.CloseRevokedTunnels == nil {
@@ -393,6 +401,7 @@ func (c *Config) validate(root *yaml.Node) error {
 		{"idle_timeout", c.Proxy.IdleTimeout},
 		{"dial_timeout", c.Proxy.DialTimeout},
 		{"drain_timeout", c.Proxy.DrainTimeout},
+		{"response_header_timeout", c.Proxy.ResponseHeaderTimeout},
 	} {
 		if d.v < 0 {
 			add([]string{"proxy", d.key}, "%s is negative; leave it out for the default", d.v)
@@ -400,6 +409,9 @@ func (c *Config) validate(root *yaml.Node) error {
 	}
 	if c.Proxy.MaxHeaderBytes < 0 {
 		add([]string{"proxy", "max_header_bytes"}, "%d is negative; leave it out for the default", c.Proxy.MaxHeaderBytes)
+	}
+	if c.Proxy.MaxResponseHeaderBytes < 0 {
+		add([]string{"proxy", "max_response_header_bytes"}, "%d is negative; leave it out for the default", c.Proxy.MaxResponseHeaderBytes)
 	}
 	if c.Proxy.MaxConnections < 0 {
 		add([]string{"proxy", "max_connections"}, "%d is negative; leave it out for the default", c.Proxy.MaxConnections)
