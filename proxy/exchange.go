@@ -467,9 +467,19 @@ func (w *clientWriter) writeRaw(status int, phrase, body string, head bool) (int
 }
 
 // earlyConn is a hijacked client connection with bytes the server had already read.
+// Read gives them first; a tunnel takes them and the raw connection apart instead.
 type earlyConn struct {
 	net.Conn
 	early []byte
+}
+
+func (c *earlyConn) Read(p []byte) (int, error) {
+	if len(c.early) > 0 {
+		n := copy(p, c.early)
+		c.early = c.early[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
 }
 
 // LocalHost is the reserved host name through which a function whose HTTP client

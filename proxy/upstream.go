@@ -58,7 +58,8 @@ type upstreams struct {
 const maxInterim = 5
 
 type upstreamConn struct {
-	conn      net.Conn
+	conn      net.Conn     // tcp, or TLS over it
+	tcp       *net.TCPConn
 	limit     *headerLimit // between conn and br: bounds what answer headers may take
 	br        *bufio.Reader
 	bw        *bufio.Writer
@@ -127,7 +128,7 @@ func (u *upstreams) connect(ctx context.Context, scheme, host string, port uint1
 		c = tlc
 	}
 	limit := &headerLimit{r: c, left: -1}
-	return &upstreamConn{conn: c, limit: limit, br: bufio.NewReaderSize(limit, 4096), bw: bufio.NewWriterSize(c, 4096), key: key}, nil
+	return &upstreamConn{conn: c, tcp: tc, limit: limit, br: bufio.NewReaderSize(limit, 4096), bw: bufio.NewWriterSize(c, 4096), key: key}, nil
 }
 
 // exchange writes r on uc and reads the answer's header.
@@ -434,13 +435,9 @@ func (u *upstreams) take(key string) *upstreamConn {
 	return nil
 }
 
-// alive reports whether an idle connection is still open and clean: a read that
-// cannot wait finds nothing to read (a closed one reads EOF).
+// alive reports whether an idle connection is still open and clean.
 func alive(uc *upstreamConn) bool {
-	uc.conn.SetReadDeadline(time.Unix(1, 0))
-	_, err := uc.br.Peek(1)
-	uc.conn.SetReadDeadline(time.Time{})
-	return errors.Is(err, os.ErrDeadlineExceeded)
+	return uc.br.Buffered() == 0 && idleOpen(uc.tcp)
 }
 
 // stale reports whether uc has been kept longer than the idle timeout.
