@@ -58,7 +58,7 @@ type upstreams struct {
 const maxInterim = 5
 
 type upstreamConn struct {
-	conn      net.Conn     // tcp, or TLS over it
+	conn      net.Conn // tcp, or TLS over it
 	tcp       *net.TCPConn
 	limit     *headerLimit // between conn and br: bounds what answer headers may take
 	br        *bufio.Reader
