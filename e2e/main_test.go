@@ -104,6 +104,9 @@ type daemonConfig struct {
 	// one, with a hosts file that knows only localhost, so no test ever asks the
 	// machine's nameservers.
 	zone map[string]dnstest.Record
+	// dnsServer, if set, is the fixture DNS server to use instead of one for zone,
+	// so that a test can ask it what it was asked.
+	dnsServer *dnstest.Server
 }
 
 // writeConfig writes cfg into a new temporary directory as egressd.yaml, with the
@@ -122,7 +125,10 @@ func writeConfig(t *testing.T, cfg daemonConfig) string {
 	if paths == nil {
 		paths = []string{"allow.d"}
 	}
-	dnsSrv := dnstest.Start(t, cfg.zone)
+	dnsSrv := cfg.dnsServer
+	if dnsSrv == nil {
+		dnsSrv = dnstest.Start(t, cfg.zone)
+	}
 	writeFile(t, filepath.Join(dir, "hosts"), "127.0.0.1 localhost\n")
 	writeFile(t, filepath.Join(dir, "resolv.conf"), "nameserver 127.0.0.1\n")
 	yaml := fmt.Sprintf("proxy:\n  listen: 127.0.0.1:0\n%smetrics:\n  listen: 127.0.0.1:0\n"+

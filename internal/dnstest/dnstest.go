@@ -106,6 +106,23 @@ func (s *Server) Queries(name, qtype string) int {
 	return s.queries[dns.Fqdn(strings.ToLower(name))+"/"+qtype]
 }
 
+// Names returns every name the server has been asked about, lower case, fully
+// qualified, once each.
+func (s *Server) Names() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[string]bool{}
+	var names []string
+	for k := range s.queries {
+		name, _, _ := strings.Cut(k, "/")
+		if !seen[name] {
+			seen[name] = true
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
 func (s *Server) serve(udp bool) func(dns.ResponseWriter, *dns.Msg) {
 	return func(w dns.ResponseWriter, req *dns.Msg) {
 		resp := new(dns.Msg)
