@@ -2,14 +2,21 @@
 // and CONNECT tunnels from function pods, asks the policy whether each target may be
 // reached, and moves the bytes of those it allows.
 //
-// It is built on github.com/elazarl/goproxy. Plain HTTP goes through goproxy's
-// request and response handlers to the origin, with a dialer that resolves once,
-// checks every address and dials the one it checked: bodiless GET, HEAD and OPTIONS
-// on the serving goroutine over kept connections (upstreams), everything else
-// through an http.Transport. CONNECT is decided in a goproxy CONNECT handler and
-// served by a tunnel of our own (ConnectHijack) that keeps both ends raw
-// *net.TCPConn, relays small pieces with read and write and bulk transfers with
-// Linux splice, and half-closes.
+// A request reads in three files, from the listener to the relay:
+//   - goproxy.go: the entry point and egressd's one contact with goproxy. The
+//     handlers decide each target against the policy and put the exchange (the
+//     request's state, exchange.go) in goproxy's ProxyCtx.UserData.
+//   - upstream.go: plain HTTP goes to its origin through one HTTP/1.1 client with
+//     kept connections, dialled by the dialer package (resolve once, check every
+//     address, dial only a checked one); answers are bounded and streamed.
+//   - tunnel.go, after connect.go has dialled: CONNECT tunnels relay raw TCP,
+//     small pieces with read and write, bulk transfers with Linux splice, and
+//     half-close.
+//
+// Every answer goproxy writes to a plain-HTTP client has a body bound to its
+// exchange: its WriteTo copies it (flushing each piece of an answer without a
+// Content-Length), its Close finishes the exchange, once: the access log line, the
+// metrics, the denial record and the connection slot.
 //
 // The policy is held in an atomic.Pointer and swapped by SetPolicy; no lock is taken
 // to decide a request. The package does not read files or watch them: the caller
