@@ -50,6 +50,7 @@ type settings struct {
 	duration    time.Duration
 	idle        int
 	only        map[string]bool // workloads to run; empty: all
+	baseline    string          // a git revision of egressd to run beside the working tree's
 }
 
 func (s settings) runs(name string) bool { return len(s.only) == 0 || s.only[name] }
@@ -65,6 +66,7 @@ func run(args []string) int {
 	fs.IntVar(&s.idle, "idle-tunnels", 2000, "idle tunnels held open for the memory figure")
 	quick := fs.Bool("quick", false, "a smoke run: 64 MiB, 1 round, 1s rounds, 200 idle tunnels")
 	only := fs.String("only", "", "comma-separated workloads to run: throughput, http, tunnels, memory; empty: all")
+	fs.StringVar(&s.baseline, "baseline", "", "also run egressd built from this git revision (before/after a change)")
 	bare := fs.String("bare-connect", "", "run only the bare CONNECT relay on this loopback address (the bench starts it)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -73,7 +75,7 @@ func run(args []string) int {
 		return serveBareConnect(*bare)
 	}
 	if *quick {
-		s = settings{rounds: 1, bytes: 64 << 20, httpClients: 16, tunnelConc: 8, duration: time.Second, idle: 200}
+		s = settings{rounds: 1, bytes: 64 << 20, httpClients: 16, tunnelConc: 8, duration: time.Second, idle: 200, baseline: s.baseline}
 	}
 	s.only = map[string]bool{}
 	for _, w := range strings.Split(*only, ",") {
@@ -110,11 +112,18 @@ func bench(s settings) error {
 	}
 	targets := []string{sink, echo, web}
 	var peers []*peer
-	e, err := startEgressd(dir, targets)
+	e, err := startEgressd(dir, targets, "egressd", ".")
 	if err != nil {
 		return err
 	}
 	peers = append(peers, e)
+	if s.baseline != "" {
+		b, err := startBaseline(dir, targets, s.baseline)
+		if err != nil {
+			return err
+		}
+		peers = append(peers, b)
+	}
 	for _, start := range []func(string, []string) (*peer, error){startSquid, startTinyproxy, startBareConnect, startHAProxy, startNginx} {
 		p, err := start(dir, targets)
 		switch {
@@ -184,6 +193,7 @@ func bench(s settings) error {
 	if s.runs("http") {
 		p50 := map[string][]float64{}
 		p99 := map[string][]float64{}
+		cpu := map[string][]float64{}
 		interleave(s.rounds, fmt.Sprintf("HTTP requests/s (%d clients)", s.httpClients), columns, func(p *peer) (float64, error) {
 			if p.connectOnly {
 				return math.NaN(), nil
@@ -192,18 +202,30 @@ func bench(s settings) error {
 			if p.relay != nil {
 				proxy, url = "", "http://"+p.relay[web]+"/"
 			}
+			before := p.cpuSeconds()
 			r, err := httpLoad(proxy, url, s.httpClients, s.duration)
 			p50[p.name] = append(p50[p.name], r.p50)
 			p99[p.name] = append(p99[p.name], r.p99)
+			if used := p.cpuSeconds() - before; p.cmd != nil && r.rps > 0 {
+				cpu[p.name] = append(cpu[p.name], used/(r.rps*s.duration.Seconds())*1e6)
+			}
 			return r.rps, err
 		}).print(false)
 		medians(columns, "  HTTP latency p50 (ms)", p50).print(true)
 		medians(columns, "  HTTP latency p99 (ms)", p99).print(true)
+		medians(columns, "  proxy CPU per request (us)", cpu).printPlain()
 	}
 	if s.runs("tunnels") {
+		cpu := map[string][]float64{}
 		interleave(s.rounds, fmt.Sprintf("new CONNECT tunnels/s (%d clients)", s.tunnelConc), columns, func(p *peer) (float64, error) {
-			return tunnelRate(p.dial, echo, s.tunnelConc, s.duration)
+			before := p.cpuSeconds()
+			rate, err := tunnelRate(p.dial, echo, s.tunnelConc, s.duration)
+			if used := p.cpuSeconds() - before; p.cmd != nil && rate > 0 {
+				cpu[p.name] = append(cpu[p.name], used/(rate*s.duration.Seconds())*1e6)
+			}
+			return rate, err
 		}).print(false)
+		medians(columns, "  proxy CPU per new tunnel (us)", cpu).printPlain()
 	}
 	if mem != nil {
 		fmt.Printf("%-40s", fmt.Sprintf("RSS per idle tunnel, KiB (%d open)", s.idle))
@@ -250,6 +272,20 @@ func (r row) print(lowerBetter bool) {
 			ratio = direct / v
 		}
 		fmt.Printf(" %18s", fmt.Sprintf("%.1f (%.2f)", v, ratio))
+	}
+	fmt.Println()
+}
+
+// printPlain writes the row's values with no ratio: a cost the direct column
+// does not have.
+func (r row) printPlain() {
+	fmt.Printf("%-40s", r.name)
+	for _, v := range r.values {
+		if math.IsNaN(v) {
+			fmt.Printf(" %18s", "-")
+			continue
+		}
+		fmt.Printf(" %18.1f", v)
 	}
 	fmt.Println()
 }
@@ -491,6 +527,46 @@ func idleMemory(p *peer, echo string, n int) (float64, error) {
 	return float64(after-before) / float64(n), nil
 }
 
+// cpuSeconds is the user and system CPU time of p's process and all its
+// descendants (Squid works in a child), from /proc; 0 for the direct column.
+func (p *peer) cpuSeconds() float64 {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	entries, _ := os.ReadDir("/proc")
+	parent := map[int]int{}
+	ticks := map[int]float64{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// The fields after the command name, which is in parentheses.
+		f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		utime, _ := strconv.ParseFloat(f[11], 64)
+		stime, _ := strconv.ParseFloat(f[12], 64)
+		parent[pid], ticks[pid] = ppid, utime+stime
+	}
+	total := 0.0
+	for pid, t := range ticks {
+		for a := pid; a > 1; a = parent[a] {
+			if a == p.cmd.Process.Pid {
+				total += t
+				break
+			}
+		}
+	}
+	return total / 100 // USER_HZ
+}
+
 // rss reads a process's resident set size in bytes from /proc.
 func rss(pid int) (int64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
@@ -578,10 +654,25 @@ type peer struct {
 
 var errNotInstalled = errors.New("not installed")
 
-// startEgressd builds egressd and starts it with an allowlist of the given targets.
-func startEgressd(dir string, targets []string) (*peer, error) {
-	bin := filepath.Join(dir, "egressd")
+// startBaseline checks out rev of this repository in a temporary work tree, and
+// starts egressd built from it.
+func startBaseline(dir string, targets []string, rev string) (*peer, error) {
+	tree := filepath.Join(dir, "baseline")
+	add := exec.Command("git", "worktree", "add", "--detach", tree, rev)
+	add.Stderr = os.Stderr
+	if err := add.Run(); err != nil {
+		return nil, fmt.Errorf("checking out %s: %w", rev, err)
+	}
+	defer exec.Command("git", "worktree", "remove", "--force", tree).Run()
+	return startEgressd(dir, targets, "egressd@"+rev, tree)
+}
+
+// startEgressd builds egressd from the source tree src and starts it with an
+// allowlist of the given targets.
+func startEgressd(dir string, targets []string, name, src string) (*peer, error) {
+	bin := filepath.Join(dir, name)
 	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/egressd")
+	build.Dir = src
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
 		return nil, fmt.Errorf("building egressd (run from the repository root): %w", err)
@@ -596,7 +687,7 @@ func startEgressd(dir string, targets []string) (*peer, error) {
 	if err := os.WriteFile(filepath.Join(dir, "egressd.yaml"), []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(filepath.Join(dir, "egressd.log"))
+	logf, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
 		return nil, err
 	}
@@ -605,7 +696,7 @@ func startEgressd(dir string, targets []string) (*peer, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	e := &peer{name: "egressd", cmd: cmd}
+	e := &peer{name: name, cmd: cmd}
 	for i := 0; i < 500; i++ {
 		data, _ := os.ReadFile(logf.Name())
 		for _, line := range strings.Split(string(data), "\n") {
