@@ -3,11 +3,14 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"sync"
@@ -410,4 +413,37 @@ func histogramCount(t *testing.T, p *Proxy, kind string) uint64 {
 		t.Fatal(err)
 	}
 	return m.GetHistogram().GetSampleCount()
+}
+
+// TestHTTPSInAbsoluteForm: "GET https://..." sent to the proxy is fetched over TLS,
+// verified against the configured roots, with the one upstream client.
+func TestHTTPSInAbsoluteForm(t *testing.T) {
+	origin := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "secure "+r.Host)
+	}))
+	t.Cleanup(origin.Close)
+	roots := x509.NewCertPool()
+	roots.AddCert(origin.Certificate())
+	host := origin.Listener.Addr().String()
+	for _, tt := range []struct {
+		name string
+		tls  *tls.Config
+		want int
+	}{
+		{"trusted", &tls.Config{RootCAs: roots}, 200},
+		{"untrusted", nil, 502},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, addr := serveProxy(t, Options{UpstreamTLS: tt.tls}, host)
+			_, br := rawRequest(t, addr, "GET https://"+host+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tt.want || tt.want == 200 && string(body) != "secure "+host {
+				t.Errorf("got %d %q; want %d", resp.StatusCode, body, tt.want)
+			}
+		})
+	}
 }
