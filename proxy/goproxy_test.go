@@ -76,9 +76,7 @@ func TestOneLogLinePerExchange(t *testing.T) {
 		io.Copy(io.Discard, r.Body)
 		io.WriteString(c, okAnswer("ok"))
 	})
-	dead, _ := net.Listen("tcp", "127.0.0.1:0")
-	deadAddr := dead.Addr().String()
-	dead.Close()
+	deadAddr := closedPort(t)
 	log := &syncBuffer{}
 	p, addr := serveProxy(t, Options{Logger: slog.New(slog.NewJSONHandler(log, nil))}, origin.addr(), deadAddr)
 	msgs := []string{

@@ -23,6 +23,19 @@ import (
 	"github.com/egressd/egressd/dialer"
 )
 
+// closedPort returns a loopback address where nothing listens: connections to it
+// are refused.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
 // rawRequest sends msg to the proxy on a new connection and returns the connection
 // and a reader of its answers.
 func rawRequest(t *testing.T, proxyAddr, msg string) (net.Conn, *bufio.Reader) {
@@ -227,12 +240,7 @@ func TestUpstreamAnswersBounded(t *testing.T) {
 
 // TestReasonPhrases: clients that show only the status line see why egressd refused.
 func TestReasonPhrases(t *testing.T) {
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := dead.Addr().String()
-	dead.Close()
+	deadAddr := closedPort(t)
 	_, client, _ := testProxy(t, deadAddr)
 
 	resp, err := client.Get("http://denied.invalid/")
@@ -384,12 +392,7 @@ func (exemptAll) Exempt(netip.Addr) bool { return true }
 
 // TestConnectDurationOnEveryOutcome: a CONNECT whose dial fails is observed too.
 func TestConnectDurationOnEveryOutcome(t *testing.T) {
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := dead.Addr().String()
-	dead.Close()
+	deadAddr := closedPort(t)
 	p, addr := serveProxy(t, Options{}, deadAddr)
 	for _, target := range []string{deadAddr, "denied.invalid:443"} {
 		_, br := rawRequest(t, addr, "CONNECT "+target+" HTTP/1.1\r\nHost: x\r\n\r\n")
