@@ -98,10 +98,7 @@ func TestExpectContinueRefusedAtOnce(t *testing.T) {
 }
 
 // TestHugeAnswerHeaderBounded: an allowed origin that sends a 96 MiB header costs
-// egressd a bounded amount, and the client a 502 that says why. Reading stops at
-// proxy.max_response_header_bytes (1 MiB); net/textproto grows a long line by
-// appending, so a 1 MiB line allocates about 7 MiB on its way to the error (13 MiB
-// of peak RSS measured, against 292 MiB when the header was read to its end).
+// egressd a few MiB at most, and the client a 502 that says why.
 func TestHugeAnswerHeaderBounded(t *testing.T) {
 	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -145,8 +142,8 @@ func TestHugeAnswerHeaderBounded(t *testing.T) {
 	if !strings.HasPrefix(first, "HTTP/1.1 502 ") || !strings.Contains(out, "answer headers too large") {
 		t.Errorf("got %q; want a 502 saying the answer headers are too large", out)
 	}
-	if grown > 24<<20 {
-		t.Errorf("peak RSS grew by %d MiB for a 96 MiB header; want at most 24 MiB", grown>>20)
+	if grown > 4<<20 {
+		t.Errorf("peak RSS grew by %d MiB for a 96 MiB header; want a few MiB at most", grown>>20)
 	}
 	t.Logf("peak RSS grew by %d KiB", grown>>10)
 }

@@ -450,3 +450,31 @@ func TestHTTPSInAbsoluteForm(t *testing.T) {
 		})
 	}
 }
+
+// TestAnswerHeaderLineBounded: one header line past 64 KiB is too large even within
+// the total bound; many shorter lines adding up to more are fine.
+func TestAnswerHeaderLineBounded(t *testing.T) {
+	many := ""
+	for i := range 4 {
+		many += fmt.Sprintf("X-H%d: %s\r\n", i, strings.Repeat("a", 60<<10))
+	}
+	for _, tt := range []struct {
+		name, headers string
+		want          int
+	}{
+		{"one long line", "X-Big: " + strings.Repeat("a", 65<<10) + "\r\n", 502},
+		{"many lines", many, 200},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			origin := startRawOrigin(t, serveN(1, func(*http.Request, int) string {
+				return "HTTP/1.1 200 OK\r\n" + tt.headers + "Content-Length: 0\r\n\r\n"
+			}))
+			_, addr := serveProxy(t, Options{}, origin.addr())
+			_, br := rawRequest(t, addr, "GET http://"+origin.addr()+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil || resp.StatusCode != tt.want {
+				t.Errorf("got %v, %v; want %d", resp, err, tt.want)
+			}
+		})
+	}
+}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -373,15 +374,22 @@ func (d *deadlines) timedOut() bool {
 	return d.armed && !d.got && !d.canceled
 }
 
-// headerLimit bounds the bytes read from the connection while armed.
+// maxHeaderLine bounds one line of an answer's headers. net/http's reader grows a
+// long line by appending, which allocates about five times the line's length: without
+// this bound a single line of max_response_header_bytes would cost several times that.
+const maxHeaderLine = 64 << 10
+
+// headerLimit bounds the bytes read from the connection while armed, and the length
+// of each line in them.
 type headerLimit struct {
 	r        io.Reader
 	left     int64 // -1: not armed
 	read     int64 // bytes read while armed, for the retry rule
+	line     int   // bytes since the last newline, while armed
 	exceeded bool
 }
 
-func (l *headerLimit) arm(n int64) { l.left, l.read, l.exceeded = n, 0, false }
+func (l *headerLimit) arm(n int64) { l.left, l.read, l.line, l.exceeded = n, 0, 0, false }
 func (l *headerLimit) disarm()     { l.left = -1 }
 
 func (l *headerLimit) Read(p []byte) (int, error) {
@@ -398,6 +406,15 @@ func (l *headerLimit) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p)
 	l.left -= int64(n)
 	l.read += int64(n)
+	if i := bytes.LastIndexByte(p[:n], '\n'); i >= 0 {
+		l.line = n - i - 1
+	} else {
+		l.line += n
+	}
+	if l.line > maxHeaderLine {
+		l.exceeded = true
+		return n, errHeaderTooLarge
+	}
 	return n, err
 }
 
