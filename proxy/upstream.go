@@ -406,8 +406,14 @@ func (l *headerLimit) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p)
 	l.left -= int64(n)
 	l.read += int64(n)
-	if i := bytes.LastIndexByte(p[:n], '\n'); i >= 0 {
-		l.line = n - i - 1
+	// The line in progress ends at the first newline read; a line wholly inside
+	// one read is shorter than a read.
+	if i := bytes.IndexByte(p[:n], '\n'); i >= 0 {
+		if l.line+i > maxHeaderLine {
+			l.exceeded = true
+			return n, errHeaderTooLarge
+		}
+		l.line = n - bytes.LastIndexByte(p[:n], '\n') - 1
 	} else {
 		l.line += n
 	}
