@@ -71,7 +71,7 @@ func (p *Proxy) endTunnel(t *tunnel) {
 	p.metrics.tunnelsActive.Dec()
 	ex := t.ex
 	ex.up.Add(t.up)
-	ex.down = t.down
+	ex.down.Store(t.down)
 	p.metrics.bytesUp.Add(float64(t.up))
 	p.metrics.bytesDown.Add(float64(t.down))
 	ex.closedBy = t.closeReason()

@@ -39,8 +39,9 @@ type exchange struct {
 	reason   string
 	hint     string // for a denial
 	status   int
-	up       atomic.Int64 // request body or client-to-origin bytes; a writer goroutine adds to it
-	down     int64
+	// Bytes each way: a request body is sent by a goroutine of its own, and an
+	// upgraded connection's copiers can outlive the handler that finishes ex.
+	up, down atomic.Int64
 	closedBy string // for tunnels: done, idle, revoked, shutdown
 	// closeAfter closes the client connection after the response: the request's
 	// framing was ambiguous.
@@ -104,7 +105,7 @@ func (ex *exchange) finish() {
 		slog.String("reason", ex.reason),
 		slog.Int("status", ex.status),
 		slog.Int64("bytes_up", ex.up.Load()),
-		slog.Int64("bytes_down", ex.down),
+		slog.Int64("bytes_down", ex.down.Load()),
 		slog.Float64("duration_seconds", p.opts.Now().Sub(ex.start).Seconds()),
 	}
 	if ex.rule != nil {
@@ -310,7 +311,7 @@ func (a *answer) WriteTo(dst io.Writer) (n int64, err error) {
 			n, err = io.Copy(dst, a.body)
 		}
 	}
-	a.ex.down += n
+	a.ex.down.Add(n)
 	return n, err
 }
 
@@ -349,7 +350,7 @@ func copyFlushing(dst io.Writer, src io.Reader) (int64, error) {
 // Read and Write serve goproxy's relay of an upgraded connection.
 func (a *answer) Read(p []byte) (int, error) {
 	n, err := a.body.Read(p)
-	a.ex.down += int64(n)
+	a.ex.down.Add(int64(n))
 	return n, err
 }
 

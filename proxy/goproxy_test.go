@@ -105,3 +105,27 @@ func TestOneLogLinePerExchange(t *testing.T) {
 			strings.Count(log.String(), `"msg":"request"`), p.conns.Load(), len(msgs), log.String())
 	}
 }
+
+// TestProxyHeadersNotForwarded: what a client says to its proxy stays with the proxy.
+func TestProxyHeadersNotForwarded(t *testing.T) {
+	got := make(chan http.Header, 1)
+	origin := startRawOrigin(t, serveN(1, func(r *http.Request, _ int) string {
+		got <- r.Header
+		return okAnswer("ok")
+	}))
+	_, addr := serveProxy(t, Options{}, origin.addr())
+	_, br := rawRequest(t, addr, "GET http://"+origin.addr()+"/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic c2VjcmV0\r\n"+
+		"Proxy-Connection: keep-alive\r\nConnection: X-Private, keep-alive\r\nX-Private: 1\r\nX-Kept: 1\r\n\r\n")
+	if _, err := http.ReadResponse(br, nil); err != nil {
+		t.Fatal(err)
+	}
+	h := <-got
+	for _, name := range []string{"Proxy-Authorization", "Proxy-Connection", "Connection", "X-Private"} {
+		if v := h.Get(name); v != "" {
+			t.Errorf("origin received %s: %q", name, v)
+		}
+	}
+	if h.Get("X-Kept") != "1" {
+		t.Errorf("origin lacks X-Kept: %v", h)
+	}
+}
