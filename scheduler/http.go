@@ -39,6 +39,17 @@ func AdminRoutes(s *Scheduler, handle func(pattern string, h http.Handler)) {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	}))
+	handle("GET /v1/schedules/deleted", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		admin.WriteJSON(w, http.StatusOK, map[string]any{"deleted": s.Deleted()})
+	}))
+	handle("POST /v1/schedules/{id}/restore", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sc, err := s.Restore(r.PathValue("id"))
+		if err != nil {
+			writeSchedulerError(w, err)
+			return
+		}
+		admin.WriteJSON(w, http.StatusCreated, sc)
+	}))
 	handle("POST /v1/schedules/{id}/run", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sc, err := s.RunNow(r.PathValue("id"))
 		if err != nil {
@@ -67,6 +78,8 @@ func writeSchedulerError(w http.ResponseWriter, err error) {
 		admin.WriteError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, ErrInvalid):
 		admin.WriteError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, ErrNotSaved):
+		admin.WriteError(w, http.StatusServiceUnavailable, err.Error())
 	default:
 		admin.WriteError(w, http.StatusInternalServerError, err.Error())
 	}

@@ -9,6 +9,8 @@ type metrics struct {
 	lastRun     *prometheus.GaugeVec   // schedule
 	lastSuccess *prometheus.GaugeVec   // schedule
 	schedules   prometheus.Gauge
+	reloads     *prometheus.CounterVec // result: success, failure
+	lastReload  prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, _ *Scheduler) (*metrics, error) {
@@ -29,8 +31,18 @@ func newMetrics(reg prometheus.Registerer, _ *Scheduler) (*metrics, error) {
 			Name: "egressd_schedules",
 			Help: "Schedules defined.",
 		}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressd_scheduler_functions_reloads_total",
+			Help: "Loads of the functions file, by result (success, failure: the functions in force stay).",
+		}, []string{"result"}),
+		lastReload: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "egressd_scheduler_functions_last_reload_success",
+			Help: "1 if the last load of the functions file succeeded, 0 if it failed.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.invocations, m.lastRun, m.lastSuccess, m.schedules} {
+	m.reloads.WithLabelValues("success")
+	m.reloads.WithLabelValues("failure")
+	for _, c := range []prometheus.Collector{m.invocations, m.lastRun, m.lastSuccess, m.schedules, m.reloads, m.lastReload} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -37,7 +38,20 @@ var (
 	ErrNotFound = errors.New("no such schedule")
 	ErrInvalid  = errors.New("invalid schedule")
 	ErrLimit    = errors.New("schedule limit reached")
+	// ErrNotSaved is a change that could not be made durable; it was not made.
+	ErrNotSaved = errors.New("the schedule state could not be saved; nothing was changed")
 )
+
+// DeletedSchedule is a schedule deleted because its function was undeployed, kept
+// (the newest maxDeleted of them) so that it can be restored.
+type DeletedSchedule struct {
+	Schedule
+	DeletedAt time.Time `json:"deleted_at"`
+	Reason    string    `json:"reason"`
+}
+
+// maxDeleted bounds the deleted schedules kept for restoring.
+const maxDeleted = 50
 
 // Schedule is one schedule with its state. Times are UTC.
 type Schedule struct {
@@ -94,6 +108,7 @@ type Scheduler struct {
 	mu        sync.Mutex
 	functions map[string]Function
 	entries   map[string]*entry
+	deleted   []DeletedSchedule // oldest first
 	changed   chan struct{} // wakes the loop when schedules change
 	inflight  sync.WaitGroup
 }
@@ -136,8 +151,9 @@ func New(opts Options) (*Scheduler, error) {
 }
 
 // SetFunctions installs the functions file's content. Schedules of a function that is
-// gone or no longer productive are deleted at once, and each deletion is logged with
-// the schedule's whole definition, so it can be recreated after a redeploy.
+// gone or no longer productive are deleted at once; each deletion is logged with the
+// schedule's whole definition and kept in the state file's deleted list, so that
+// Restore can bring it back after a redeploy.
 func (s *Scheduler) SetFunctions(fns []Function) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -145,19 +161,93 @@ func (s *Scheduler) SetFunctions(fns []Function) {
 	for _, f := range fns {
 		s.functions[f.Name] = f
 	}
-	deleted := false
+	now := s.opts.Clock.Now().UTC()
+	var gone []string
 	for id, e := range s.entries {
-		if f, ok := s.functions[e.Function]; !ok || f.State != StateProductive {
-			s.log.Warn("schedule deleted: its function is undeployed",
-				"id", id, "function", e.Function, "cron", e.Cron, "payload", e.Payload)
-			s.removeLocked(id)
-			deleted = true
+		f, ok := s.functions[e.Function]
+		if ok && f.State == StateProductive {
+			continue
 		}
+		reason := "function removed from the functions file"
+		if ok {
+			reason = "function is " + f.State
+		}
+		s.log.Warn("schedule deleted: its function is undeployed; egressd schedules restore "+id+" brings it back",
+			"id", id, "function", e.Function, "cron", e.Cron, "payload", e.Payload, "reason", reason)
+		s.deleted = append(s.deleted, DeletedSchedule{Schedule: e.Schedule, DeletedAt: now, Reason: reason})
+		gone = append(gone, id)
 	}
-	if deleted {
-		s.saveLocked()
-		s.wake()
+	if len(gone) == 0 {
+		return
 	}
+	for _, id := range gone {
+		s.removeLocked(id)
+	}
+	if n := len(s.deleted) - maxDeleted; n > 0 {
+		s.deleted = append([]DeletedSchedule(nil), s.deleted[n:]...)
+	}
+	if err := s.saveLocked(); err != nil {
+		// Nobody asked for this change, so nothing to refuse: the deletions stand in
+		// memory and the log above has every definition.
+		s.log.Error("scheduler state not saved after undeploying", "file", s.opts.StateFile, "error", err)
+	}
+	s.wake()
+}
+
+// Deleted returns the schedules deleted with their functions, oldest first.
+func (s *Scheduler) Deleted() []DeletedSchedule {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]DeletedSchedule{}, s.deleted...)
+}
+
+// Restore recreates a deleted schedule, with its ID, cron and payload, once its
+// function is productive again.
+func (s *Scheduler) Restore(id string) (Schedule, error) {
+	now := s.opts.Clock.Now().UTC()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := slices.IndexFunc(s.deleted, func(d DeletedSchedule) bool { return d.ID == id })
+	if i < 0 {
+		return Schedule{}, fmt.Errorf("%w: %s is not among the deleted schedules (egressd schedules list --deleted)", ErrNotFound, id)
+	}
+	d := s.deleted[i]
+	if _, ok := s.entries[id]; ok {
+		return Schedule{}, fmt.Errorf("%w: schedule %s exists", ErrInvalid, id)
+	}
+	if err := s.checkFunctionLocked(d.Function); err != nil {
+		return Schedule{}, err
+	}
+	spec, err := ParseCron(d.Cron, now)
+	if err != nil {
+		return Schedule{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	e := &entry{Schedule: d.Schedule, spec: spec}
+	e.State = State{NextRun: spec.Next(now)}
+	s.entries[id] = e
+	s.deleted = slices.Delete(s.deleted, i, i+1)
+	if err := s.saveLocked(); err != nil {
+		delete(s.entries, id)
+		s.deleted = slices.Insert(s.deleted, i, d)
+		return Schedule{}, fmt.Errorf("%w: %v", ErrNotSaved, err)
+	}
+	s.metrics.schedules.Set(float64(len(s.entries)))
+	s.wake()
+	return e.Schedule, nil
+}
+
+// checkFunctionLocked says whether a schedule for function may be added now.
+func (s *Scheduler) checkFunctionLocked(function string) error {
+	f, ok := s.functions[function]
+	switch {
+	case !ok:
+		return fmt.Errorf("%w: no function %q in the functions file", ErrInvalid, function)
+	case f.State != StateProductive:
+		return fmt.Errorf("%w: function %q is %s; only productive functions can be scheduled", ErrInvalid, function, f.State)
+	case len(s.entries) >= s.opts.MaxSchedules:
+		return fmt.Errorf("%w: there are %d schedules, the most allowed (scheduler.max_schedules); delete one first", ErrLimit, len(s.entries))
+	}
+	return nil
 }
 
 // Create adds a schedule for a productive function.
@@ -172,14 +262,8 @@ func (s *Scheduler) Create(function, expr string, payload []byte) (Schedule, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	f, ok := s.functions[function]
-	switch {
-	case !ok:
-		return Schedule{}, fmt.Errorf("%w: no function %q in the functions file", ErrInvalid, function)
-	case f.State != StateProductive:
-		return Schedule{}, fmt.Errorf("%w: function %q is %s; only productive functions can be scheduled", ErrInvalid, function, f.State)
-	case len(s.entries) >= s.opts.MaxSchedules:
-		return Schedule{}, fmt.Errorf("%w: there are %d schedules, the most allowed (scheduler.max_schedules); delete one first", ErrLimit, len(s.entries))
+	if err := s.checkFunctionLocked(function); err != nil {
+		return Schedule{}, err
 	}
 	if len(payload) == 0 {
 		payload = []byte("{}")
@@ -187,21 +271,30 @@ func (s *Scheduler) Create(function, expr string, payload []byte) (Schedule, err
 	e := &entry{Schedule: Schedule{ID: newID(), Function: function, Cron: expr, Payload: string(payload), Created: now}, spec: spec}
 	e.State.NextRun = spec.Next(now)
 	s.entries[e.ID] = e
+	// Saved before it is answered: a schedule that is not on disk is not created.
+	if err := s.saveLocked(); err != nil {
+		delete(s.entries, e.ID)
+		return Schedule{}, fmt.Errorf("%w: %v", ErrNotSaved, err)
+	}
 	s.metrics.schedules.Set(float64(len(s.entries)))
-	s.saveLocked()
 	s.wake()
 	return e.Schedule, nil
 }
 
-// Delete removes a schedule.
+// Delete removes a schedule, durably, or not at all.
 func (s *Scheduler) Delete(id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.entries[id]; !ok {
+	e, ok := s.entries[id]
+	if !ok {
 		return ErrNotFound
 	}
+	delete(s.entries, id)
+	if err := s.saveLocked(); err != nil {
+		s.entries[id] = e
+		return fmt.Errorf("%w: %v", ErrNotSaved, err)
+	}
 	s.removeLocked(id)
-	s.saveLocked()
 	s.wake()
 	return nil
 }
@@ -263,7 +356,7 @@ func (s *Scheduler) RunDue(now time.Time) {
 		e.State.NextRun = e.spec.Next(now)
 	}
 	if len(due) > 0 {
-		s.saveLocked()
+		s.saveStateLocked()
 	}
 	s.mu.Unlock()
 	for i, e := range due {
@@ -328,7 +421,7 @@ func (s *Scheduler) invoke(e *entry, at time.Time) {
 	if _, still := s.entries[e.ID]; still {
 		s.metrics.lastRun.WithLabelValues(e.ID).Set(float64(start.UnixNano()) / 1e9)
 		s.metrics.lastSuccess.WithLabelValues(e.ID).Set(b2f(err == nil))
-		s.saveLocked()
+		s.saveStateLocked()
 	}
 	s.mu.Unlock()
 	s.metrics.invocations.WithLabelValues(e.Function, result).Inc()
@@ -376,7 +469,8 @@ func (s *Scheduler) wake() {
 
 // stateFile is the state file's content.
 type stateFile struct {
-	Schedules []Schedule `json:"schedules"`
+	Schedules []Schedule        `json:"schedules"`
+	Deleted   []DeletedSchedule `json:"deleted,omitempty"` // undeployed with their function
 }
 
 // loadState reads the state file. Next runs are computed afresh from now.
@@ -406,25 +500,32 @@ func (s *Scheduler) loadState() error {
 		e.State.NextRun = spec.Next(now)
 		s.entries[sc.ID] = e
 	}
+	s.deleted = st.Deleted
 	s.metrics.schedules.Set(float64(len(s.entries)))
 	return nil
 }
 
-// saveLocked writes the state file; a failure is logged, the schedules in memory stay.
-func (s *Scheduler) saveLocked() {
+// saveLocked writes the state file durably (atomicfile.Write).
+func (s *Scheduler) saveLocked() error {
 	if s.opts.StateFile == "" {
-		return
+		return nil
 	}
-	st := stateFile{Schedules: []Schedule{}}
+	st := stateFile{Schedules: []Schedule{}, Deleted: s.deleted}
 	for _, e := range s.entries {
 		st.Schedules = append(st.Schedules, e.Schedule)
 	}
 	sort.Slice(st.Schedules, func(i, j int) bool { return st.Schedules[i].ID < st.Schedules[j].ID })
 	data, err := json.MarshalIndent(st, "", "  ")
-	if err == nil {
-		err = atomicfile.Write(s.opts.StateFile, data)
-	}
 	if err != nil {
+		return err
+	}
+	return atomicfile.Write(s.opts.StateFile, data)
+}
+
+// saveStateLocked saves what no client waits for (the outcome of a run): a failure
+// is logged, the state in memory stays.
+func (s *Scheduler) saveStateLocked() {
+	if err := s.saveLocked(); err != nil {
 		s.log.Error("scheduler state not saved", "file", s.opts.StateFile, "error", err)
 	}
 }

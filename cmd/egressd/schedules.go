@@ -17,11 +17,13 @@ import (
 const schedulesUsage = `Usage: egressd schedules COMMAND [flags]
 
 Commands:
-  list [--json]                                    every schedule with its state
+  list [--json] [--deleted]                        every schedule with its state; --deleted: those
+                                                   deleted with their function, which restore brings back
   create --function F --cron EXPR [--payload JSON|@file]
                                                    invoke F on EXPR (UTC, five fields or @hourly/@every 5m/...)
   delete ID                                        delete a schedule
   run ID                                           invoke now, outside the schedule
+  restore ID                                       recreate a schedule deleted with its function
 
 They talk to the running egressd's admin API: --admin URL, --token-file FILE or EGRESSD_ADMIN_TOKEN.
 `
@@ -38,12 +40,13 @@ func runSchedules(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	cronExpr := fs.String("cron", "", "create: when, in UTC")
 	payload := fs.String("payload", "{}", "create: the JSON payload, or @file to read it from a file")
 	asJSON := fs.Bool("json", false, "list: print JSON")
+	deleted := fs.Bool("deleted", false, "list: the schedules deleted with their function")
 	pos, code, ok := parseFlags(fs, args)
 	if !ok {
 		return code
 	}
 	usage, fail := g.usage, g.fail
-	if code, ok := g.checkArgs(pos, map[string]int{"list": 0, "create": 0, "delete": 1, "run": 1}); !ok {
+	if code, ok := g.checkArgs(pos, map[string]int{"list": 0, "create": 0, "delete": 1, "run": 1, "restore": 1}); !ok {
 		return code
 	}
 	c, err := af.client()
@@ -52,7 +55,23 @@ func runSchedules(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	switch cmd {
 	case "list":
-		var resp struct{ Schedules []scheduler.Schedule }
+		if *deleted {
+			var resp struct {
+				Deleted []scheduler.DeletedSchedule `json:"deleted"`
+			}
+			if err := c.get(ctx, "/v1/schedules/deleted", &resp); err != nil {
+				return fail(err)
+			}
+			if *asJSON {
+				printJSON(stdout, resp)
+				return exitOK
+			}
+			printDeleted(stdout, resp.Deleted)
+			return exitOK
+		}
+		var resp struct {
+			Schedules []scheduler.Schedule `json:"schedules"`
+		}
 		if err := c.get(ctx, "/v1/schedules", &resp); err != nil {
 			return fail(err)
 		}
@@ -84,6 +103,12 @@ func runSchedules(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return fail(err)
 		}
 		fmt.Fprintf(stdout, "deleted %s\n", pos[0])
+	case "restore":
+		var sc scheduler.Schedule
+		if err := c.do(ctx, "POST", "/v1/schedules/"+pos[0]+"/restore", nil, &sc); err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stdout, "restored %s: %s on %q, next run %s\n", sc.ID, sc.Function, sc.Cron, bothZones(sc.State.NextRun, time.Local))
 	case "run":
 		var sc scheduler.Schedule
 		if err := c.do(ctx, "POST", "/v1/schedules/"+pos[0]+"/run", nil, &sc); err != nil {
@@ -110,6 +135,19 @@ func printSchedules(w io.Writer, list []scheduler.Schedule, local *time.Location
 			last = bothZones(*s.State.LastRun, local)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Function, s.Cron, bothZones(s.State.NextRun, local), last, lastState(s.State))
+	}
+	tw.Flush()
+}
+
+func printDeleted(w io.Writer, list []scheduler.DeletedSchedule) {
+	if len(list) == 0 {
+		fmt.Fprintln(w, "no deleted schedules")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tFUNCTION\tCRON\tDELETED\tWHY\tPAYLOAD")
+	for _, d := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Function, d.Cron, bothZones(d.DeletedAt, time.Local), d.Reason, d.Payload)
 	}
 	tw.Flush()
 }

@@ -18,10 +18,6 @@ func openScheduler(c *config.Config, log *slog.Logger, reg prometheus.Registerer
 	if !*c.Scheduler.Enabled || c.Scheduler.FunctionsFile == "" {
 		return nil, nil
 	}
-	fns, err := scheduler.LoadFunctions(c.Scheduler.FunctionsFile)
-	if err != nil {
-		return nil, err
-	}
 	s, err := scheduler.New(scheduler.Options{
 		StateFile:     c.Scheduler.StateFile,
 		MaxSchedules:  c.Scheduler.MaxSchedules,
@@ -32,7 +28,9 @@ func openScheduler(c *config.Config, log *slog.Logger, reg prometheus.Registerer
 	if err != nil {
 		return nil, err
 	}
-	s.SetFunctions(fns)
+	if err := s.ReloadFunctions(c.Scheduler.FunctionsFile); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -41,13 +39,11 @@ func openScheduler(c *config.Config, log *slog.Logger, reg prometheus.Registerer
 func runScheduler(ctx context.Context, s *scheduler.Scheduler, functionsFile string, log *slog.Logger) {
 	go func() {
 		err := watch.Paths(ctx, []string{functionsFile}, reload.DefaultDebounce, log, func() {
-			fns, err := scheduler.LoadFunctions(functionsFile)
-			if err != nil {
+			if err := s.ReloadFunctions(functionsFile); err != nil {
 				log.Error("functions file not reloaded; the functions in force stay", "error", err)
 				return
 			}
-			s.SetFunctions(fns)
-			log.Info("functions reloaded", "functions", len(fns))
+			log.Info("functions reloaded")
 		})
 		if err != nil {
 			log.Error("functions file watcher stopped", "error", err)
