@@ -49,7 +49,12 @@ func (ps Problems) Error() string {
 }
 
 // maxLineBytes bounds one allowlist line; a longer line is an error, not a truncation.
-const maxLineBytes = 4096
+// Lines up to maxScanBytes are read and reported one by one; past that the scanner
+// stops, and the rest of the file is reported as unread.
+const (
+	maxLineBytes = 4096
+	maxScanBytes = 1 << 20
+)
 
 // ParseFile parses one allowlist file. name is used in rules and problems. It returns
 // every rule it could parse and every problem it found, so that an operator sees all
@@ -60,11 +65,16 @@ func ParseFile(name string, r io.Reader) ([]Rule, Problems) {
 		problems Problems
 	)
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64*1024), maxLineBytes)
+	sc.Buffer(make([]byte, 0, 4096), maxScanBytes)
 	line := 0
 	for sc.Scan() {
 		line++
 		text := sc.Bytes()
+		if len(text) > maxLineBytes {
+			problems = append(problems, Problem{File: name, Line: line,
+				Msg: fmt.Sprintf("line of %d bytes, longer than %d; one rule per line", len(text), maxLineBytes)})
+			continue
+		}
 		if i := bytes.IndexByte(text, '#'); i >= 0 {
 			text = text[:i]
 		}
@@ -83,7 +93,7 @@ func ParseFile(name string, r io.Reader) ([]Rule, Problems) {
 	if err := sc.Err(); err != nil {
 		msg := err.Error()
 		if errors.Is(err, bufio.ErrTooLong) {
-			msg = fmt.Sprintf("line longer than %d bytes; one rule per line", maxLineBytes)
+			msg = fmt.Sprintf("line longer than %d bytes (over %d: the rest of the file is not read); one rule per line", maxLineBytes, maxScanBytes)
 		}
 		problems = append(problems, Problem{File: name, Line: line + 1, Msg: msg})
 	}
@@ -97,34 +107,67 @@ type Result struct {
 	Warnings Problems // duplicates and other things worth fixing that do not stop a load
 }
 
-// Load reads the allowlist paths from fsys and compiles them. A path that is a
-// directory contributes every regular file in it (following symbolic links) whose name
-// does not start with '.', in name order; so Kubernetes' "..data" entries are skipped
-// and a ConfigMap mounted as a directory reads as its files. On any error Load returns
-// Problems with every error of every file, and no Matcher.
+// File is one allowlist file as read.
+type File struct {
+	Name string
+	Data []byte
+}
+
+// Load reads the allowlist paths from fsys (ReadFiles) and compiles them (Compile
+// Files). On any error it returns Problems with every error of every file, and no
+// Matcher.
 func Load(fsys fs.FS, paths []string, opts Options) (Result, error) {
+	files, problems := ReadFiles(fsys, paths)
+	if len(problems) > 0 {
+		// Parse what was read too, so that one pass shows every error.
+		for _, f := range files {
+			_, ps := ParseFile(f.Name, bytes.NewReader(f.Data))
+			problems = append(problems, ps...)
+		}
+		return Result{}, problems
+	}
+	return CompileFiles(files, paths, opts)
+}
+
+// ReadFiles reads the allowlist paths from fsys. A path that is a directory
+// contributes every entry in it whose name does not start with '.', in name order, so
+// Kubernetes' "..data" entries are skipped and a ConfigMap mounted as a directory reads
+// as its files (symbolic links to regular files). An entry that cannot be read as a
+// regular file (a dangling symbolic link, a loop, a directory, a device) is a problem:
+// its rules would otherwise be dropped without a word.
+func ReadFiles(fsys fs.FS, paths []string) ([]File, Problems) {
+	var (
+		files    []File
+		problems Problems
+	)
+	for _, p := range paths {
+		names, ps := expand(fsys, p)
+		problems = append(problems, ps...)
+		for _, name := range names {
+			data, err := fs.ReadFile(fsys, name)
+			if err != nil {
+				problems = append(problems, Problem{File: name, Msg: describeFileError(err)})
+				continue
+			}
+			files = append(files, File{Name: name, Data: data})
+		}
+	}
+	return files, problems
+}
+
+// CompileFiles parses files and compiles their rules; paths name the allowlist in a
+// warning about an empty one.
+func CompileFiles(files []File, paths []string, opts Options) (Result, error) {
 	var (
 		res      Result
 		rules    []Rule
 		problems Problems
 	)
-	for _, p := range paths {
-		files, err := expand(fsys, p)
-		if err != nil {
-			problems = append(problems, Problem{File: p, Msg: err.Error()})
-			continue
-		}
-		for _, f := range files {
-			data, err := fs.ReadFile(fsys, f)
-			if err != nil {
-				problems = append(problems, Problem{File: f, Msg: describeFileError(err)})
-				continue
-			}
-			res.Files = append(res.Files, f)
-			rs, ps := ParseFile(f, bytes.NewReader(data))
-			rules = append(rules, rs...)
-			problems = append(problems, ps...)
-		}
+	for _, f := range files {
+		res.Files = append(res.Files, f.Name)
+		rs, ps := ParseFile(f.Name, bytes.NewReader(f.Data))
+		rules = append(rules, rs...)
+		problems = append(problems, ps...)
 	}
 	if len(problems) > 0 {
 		return Result{}, problems
@@ -137,34 +180,57 @@ func Load(fsys fs.FS, paths []string, opts Options) (Result, error) {
 	return res, nil
 }
 
-// expand returns the allowlist files a configured path stands for.
-func expand(fsys fs.FS, p string) ([]string, error) {
+// expand returns the allowlist files a configured path stands for, and a problem for
+// every entry of a directory that is not a readable regular file.
+func expand(fsys fs.FS, p string) ([]string, Problems) {
 	info, err := fs.Stat(fsys, p)
 	if err != nil {
-		return nil, errors.New(describeFileError(err))
+		return nil, Problems{{File: p, Msg: describeFileError(err)}}
 	}
 	if !info.IsDir() {
 		if !info.Mode().IsRegular() {
-			return nil, errors.New("not a regular file or directory")
+			return nil, Problems{{File: p, Msg: "not a regular file or directory"}}
 		}
 		return []string{p}, nil
 	}
 	entries, err := fs.ReadDir(fsys, p)
 	if err != nil {
-		return nil, errors.New(describeFileError(err))
+		return nil, Problems{{File: p, Msg: describeFileError(err)}}
 	}
-	var files []string
+	var (
+		files    []string
+		problems Problems
+	)
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
 		name := joinPath(fsys, p, e.Name())
 		// Stat, not e.Type: a ConfigMap's files are symbolic links to regular files.
-		if fi, err := fs.Stat(fsys, name); err == nil && fi.Mode().IsRegular() {
+		fi, err := fs.Stat(fsys, name)
+		switch {
+		case err != nil:
+			problems = append(problems, Problem{File: name, Msg: entryError(err, e)})
+		case fi.IsDir():
+			problems = append(problems, Problem{File: name, Msg: "a directory inside an allowlist directory, which is not read; move its files up, or rename it to start with '.'"})
+		case !fi.Mode().IsRegular():
+			problems = append(problems, Problem{File: name, Msg: "not a regular file; an allowlist directory holds allowlist files only (names starting with '.' are skipped)"})
+		default:
 			files = append(files, name)
 		}
 	}
-	return files, nil
+	return files, problems
+}
+
+// entryError says why a directory entry cannot be read.
+func entryError(err error, e fs.DirEntry) string {
+	if e.Type()&fs.ModeSymlink != 0 {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "a symbolic link to nothing (dangling); fix or remove it"
+		}
+		return "a symbolic link that cannot be followed (" + describeFileError(err) + "); fix or remove it"
+	}
+	return describeFileError(err)
 }
 
 func joinPath(fsys fs.FS, dir, name string) string {
