@@ -12,8 +12,8 @@ import (
 // read as a regular file fails the load; its rules are never dropped quietly.
 func TestLoadBrokenDirectoryEntries(t *testing.T) {
 	tests := []struct {
-		name  string
-		make  func(t *testing.T, dir string)
+		name string
+		make func(t *testing.T, dir string)
 		want string
 	}{
 		{"dangling symlink", func(t *testing.T, dir string) { os.Symlink(dir+"/gone.txt", dir+"/b.txt") },
@@ -54,4 +54,3 @@ func TestLineLimit(t *testing.T) {
 		}
 	}
 }
-

@@ -109,7 +109,7 @@ type Scheduler struct {
 	functions map[string]Function
 	entries   map[string]*entry
 	deleted   []DeletedSchedule // oldest first
-	changed   chan struct{} // wakes the loop when schedules change
+	changed   chan struct{}     // wakes the loop when schedules change
 	inflight  sync.WaitGroup
 }
 
