@@ -322,3 +322,56 @@ func symlink(t *testing.T, target, link string) {
 		t.Fatal(err)
 	}
 }
+
+// TestSlowInPlaceRewriteUnderTraffic: an allowlist regenerated in place by a slow
+// program (truncate, 0.3s, write) while requests flow: a host in both the old and the
+// new version is never denied.
+func TestSlowInPlaceRewriteUnderTraffic(t *testing.T) {
+	t.Parallel()
+	origin := httpOrigin(t)
+	keep := origin.Listener.Addr().String()
+	d := startDaemon(t, daemonConfig{files: map[string]string{"allow.d/a.txt": keep + "\nold.invalid\n"}})
+	file := filepath.Join(d.dir, "allow.d/a.txt")
+
+	stop := make(chan struct{})
+	counts := make(chan [2]int, 1)
+	go func() {
+		c := d.client()
+		var ok, denied int
+		for i := 0; i < 5000; i++ { // bounded; stopped by the writer
+			select {
+			case <-stop:
+				counts <- [2]int{ok, denied}
+				return
+			default:
+			}
+			resp, err := c.Get("http://" + keep + "/")
+			if err != nil {
+				continue
+			}
+			resp.Body.Close()
+			if resp.StatusCode == 403 {
+				denied++
+			} else {
+				ok++
+			}
+		}
+		counts <- [2]int{ok, denied}
+	}()
+	for i := 0; i < 3; i++ {
+		f, err := os.OpenFile(file, os.O_WRONLY|os.O_TRUNC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		f.WriteString(keep + "\nnew" + string(rune('a'+i)) + ".invalid\n")
+		f.Close()
+		time.Sleep(400 * time.Millisecond)
+	}
+	close(stop)
+	got := <-counts
+	if got[1] != 0 || got[0] == 0 {
+		t.Errorf("%d requests allowed, %d denied during the rewrites; want none denied", got[0], got[1])
+	}
+	t.Logf("%d requests during the rewrites, none denied", got[0])
+}

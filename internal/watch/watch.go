@@ -18,7 +18,9 @@ import (
 )
 
 // Paths calls onChange after every burst of changes to paths (files or
-// directories), debounce after the last event, until ctx is done.
+// directories), debounce after the last event, until ctx is done. A burst that goes
+// on calls it no later than maxWait after its first event: a stream of edits does not
+// hold every reload back.
 func Paths(ctx context.Context, paths []string, debounce time.Duration, log *slog.Logger, onChange func()) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -31,6 +33,7 @@ func Paths(ctx context.Context, paths []string, debounce time.Duration, log *slo
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	var burst time.Time // the first event of the burst being debounced; zero: none
 	for {
 		select {
 		case <-ctx.Done():
@@ -40,7 +43,11 @@ func Paths(ctx context.Context, paths []string, debounce time.Duration, log *slo
 				return nil
 			}
 			if t.relevant(ev.Name) {
-				timer.Reset(debounce)
+				now := time.Now()
+				if burst.IsZero() {
+					burst = now
+				}
+				timer.Reset(min(debounce, burst.Add(maxWait).Sub(now)))
 			}
 		case err, ok := <-w.Errors:
 			if !ok {
@@ -51,10 +58,14 @@ func Paths(ctx context.Context, paths []string, debounce time.Duration, log *slo
 			// A directory may have been recreated or a path may have appeared: watch
 			// what exists now before reading, so no later edit is missed.
 			t.sync(w, log)
+			burst = time.Time{}
 			onChange()
 		}
 	}
 }
+
+// maxWait bounds how long a burst of events can hold a call back.
+const maxWait = time.Second
 
 // targets knows which directories to watch and which events in them matter.
 type targets struct {

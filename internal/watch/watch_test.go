@@ -1,6 +1,14 @@
 package watch
 
-import "testing"
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
 
 func TestRelevantEvents(t *testing.T) {
 	tg := newTargets([]string{"/etc/egressd/allow.d", "/etc/egressd/extra.txt"})
@@ -21,6 +29,39 @@ func TestRelevantEvents(t *testing.T) {
 	for _, tt := range tests {
 		if got := tg.relevant(tt.name); got != tt.want {
 			t.Errorf("relevant(%s) = %v; want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestStreamOfEditsStillCalls: edits 20ms apart, each inside the debounce of the
+// last, still get a call at least once a second.
+func TestStreamOfEditsStillCalls(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "a.txt")
+	os.WriteFile(file, []byte("x\n"), 0o644)
+	calls := make(chan struct{}, 100)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		Paths(ctx, []string{file}, 100*time.Millisecond, slog.New(slog.DiscardHandler), func() { calls <- struct{}{} })
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	time.Sleep(50 * time.Millisecond)
+	stop := time.After(2500 * time.Millisecond)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	n := 0
+	for {
+		select {
+		case <-stop:
+			if len(calls) < 2 {
+				t.Errorf("%d calls during 2.5s of edits 20ms apart; want at least 2", len(calls))
+			}
+			return
+		case <-tick.C:
+			n++
+			os.WriteFile(file, []byte(strings.Repeat("x", n%7+1)+"\n"), 0o644)
 		}
 	}
 }
