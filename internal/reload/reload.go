@@ -46,8 +46,8 @@ type Options struct {
 	// SuspectSettle is how long a file that looks half-written must stay unchanged
 	// before it is applied. If zero, 1s.
 	SuspectSettle time.Duration
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
+	Logger        *slog.Logger
+	Registerer    prometheus.Registerer
 	// Now is the clock for the reload timestamp. If nil, time.Now.
 	Now func() time.Time
 }
