@@ -147,6 +147,13 @@ func New(opts Options) (*Scheduler, error) {
 	if err := s.loadState(); err != nil {
 		return nil, err
 	}
+	if opts.StateFile != "" {
+		// What a write killed midway left beside the state file (one scheduler runs
+		// on a state file, so no write of another is under way).
+		if n := atomicfile.RemoveStale(opts.StateFile); n > 0 {
+			s.log.Info("removed temporary files of interrupted writes", "file", opts.StateFile, "removed", n)
+		}
+	}
 	return s, nil
 }
 

@@ -48,7 +48,7 @@ func RuntimeHandler(s *Store, token string) http.Handler {
 			return
 		}
 		key := r.PathValue("key")
-		v, err := s.Update(key, *body.Value, ifMatch)
+		v, err := s.Update(r.Context(), key, *body.Value, ifMatch)
 		if err != nil {
 			writeStoreError(w, key, err)
 			return
@@ -111,7 +111,7 @@ func AdminRoutes(s *Store, handle func(pattern string, h http.Handler)) {
 			writeError(w, http.StatusBadRequest, `the body must be JSON: {"key": "...", "value": "..."}`)
 			return
 		}
-		info, err := s.Create(body.Key, *body.Value)
+		info, err := s.Create(r.Context(), body.Key, *body.Value)
 		if err != nil {
 			writeStoreError(w, body.Key, err)
 			return
@@ -119,7 +119,7 @@ func AdminRoutes(s *Store, handle func(pattern string, h http.Handler)) {
 		writeJSON(w, http.StatusCreated, info)
 	}))
 	handle("DELETE /v1/secrets/{key}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := s.Delete(r.PathValue("key")); err != nil {
+		if err := s.Delete(r.Context(), r.PathValue("key")); err != nil {
 			writeStoreError(w, r.PathValue("key"), err)
 			return
 		}
@@ -161,6 +161,8 @@ func writeStoreError(w http.ResponseWriter, key string, err error) {
 		writeError(w, http.StatusPreconditionFailed, err.Error()+"; read it again and retry")
 	case errors.Is(err, ErrInvalid):
 		writeError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, ErrBusy):
+		writeError(w, http.StatusServiceUnavailable, err.Error())
 	default:
 		// The store's own errors name files and keys, never values.
 		writeError(w, http.StatusServiceUnavailable, "the secret store is unavailable: "+err.Error())

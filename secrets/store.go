@@ -10,6 +10,7 @@
 package secrets
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -17,7 +18,6 @@ import (
 	"os"
 	"regexp"
 	"sort"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +40,9 @@ var (
 	ErrExists   = errors.New("the secret exists")
 	ErrConflict = errors.New("the secret changed since it was read")
 	ErrInvalid  = errors.New("invalid secret")
+	// ErrBusy is a write that could not take the store's lock in time, or whose
+	// client went away first: nothing was written.
+	ErrBusy = errors.New("the secrets file is busy; nothing was changed")
 )
 
 // Secret is one secret, with its value hidden behind Value.
@@ -68,6 +71,9 @@ type Options struct {
 	// Key seals every write. PreviousKey, if set, also opens files (during a rotation).
 	Key         Key
 	PreviousKey *Key
+	// LockTimeout bounds the wait for the store's lock (another write of this
+	// process, or the file lock of another). If zero, 5s.
+	LockTimeout time.Duration
 	// Now is the clock for created and updated times. If nil, time.Now.
 	Now        func() time.Time
 	Logger     *slog.Logger
@@ -82,8 +88,11 @@ type Store struct {
 	now     func() time.Time
 	log     *slog.Logger
 	ops     *prometheus.CounterVec
-	mu      sync.Mutex // serializes writes and reloads in this process
-	snap    atomic.Pointer[snapshot]
+	// mu serializes writes and reloads in this process: a channel, so that a wait
+	// for it can give up.
+	mu          chan struct{}
+	lockTimeout time.Duration
+	snap        atomic.Pointer[snapshot]
 	highest int64 // the highest generation seen; a lower one is a rollback
 }
 
@@ -101,11 +110,14 @@ func Create(path string, key Key, defaults map[string]string, now time.Time) err
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	lk, err := lockFile(path + ".lock")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	lk, err := lockFile(ctx, path+".lock")
 	if err != nil {
-		return err
+		return fmt.Errorf("locking %s: %w", path+".lock", err)
 	}
 	defer lk.unlock()
+	atomicfile.RemoveStale(path)
 	p := &payload{Generation: 1, Secrets: map[string]record{}}
 	for k, v := range defaults {
 		if err := validate(k, v); err != nil {
@@ -132,7 +144,11 @@ func Open(opts Options) (*Store, error) {
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	s := &Store{path: opts.File, keys: []Key{opts.Key}, now: opts.Now, log: opts.Logger}
+	if opts.LockTimeout == 0 {
+		opts.LockTimeout = 5 * time.Second
+	}
+	s := &Store{path: opts.File, keys: []Key{opts.Key}, now: opts.Now, log: opts.Logger,
+		mu: make(chan struct{}, 1), lockTimeout: opts.LockTimeout}
 	if opts.PreviousKey != nil {
 		s.keys = append(s.keys, *opts.PreviousKey)
 	}
@@ -142,11 +158,28 @@ func Open(opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("secrets file %s: %w", opts.File, err)
 	}
+	s.removeStale()
 	var err error
 	if s.ops, err = newMetrics(opts.Registerer, s); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// removeStale removes the temporary copies that a write killed midway (kill -9)
+// leaves behind, under the file lock, so that a crash loop cannot fill the volume.
+// A lock it cannot have at once is left for the next start.
+func (s *Store) removeStale() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	lk, err := lockFile(ctx, s.path+".lock")
+	if err != nil {
+		return
+	}
+	defer lk.unlock()
+	if n := atomicfile.RemoveStale(s.path); n > 0 {
+		s.log.Info("removed temporary files of interrupted writes", "file", s.path, "removed", n)
+	}
 }
 
 // reload reads the file if it changed since the last read. s.mu must not be held by
@@ -183,8 +216,8 @@ func (s *Store) current() (*snapshot, error) {
 			return cur, nil // the common case: no lock
 		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.mu <- struct{}{} // a write holds it for the lock timeout at most
+	defer func() { <-s.mu }()
 	return s.reload()
 }
 
@@ -234,9 +267,9 @@ func (s *Store) Len() int {
 
 // Update replaces the value of an existing secret and returns its new version. With
 // ifMatch above zero, the update happens only if the secret is still at that version.
-func (s *Store) Update(key, value string, ifMatch int64) (int64, error) {
+func (s *Store) Update(ctx context.Context, key, value string, ifMatch int64) (int64, error) {
 	var version int64
-	err := s.write("update", func(p *payload) error {
+	err := s.write(ctx, "update", func(p *payload) error {
 		if err := validate(key, value); err != nil {
 			return err
 		}
@@ -256,9 +289,9 @@ func (s *Store) Update(key, value string, ifMatch int64) (int64, error) {
 }
 
 // Create adds a new secret.
-func (s *Store) Create(key, value string) (Info, error) {
+func (s *Store) Create(ctx context.Context, key, value string) (Info, error) {
 	var info Info
-	err := s.write("create", func(p *payload) error {
+	err := s.write(ctx, "create", func(p *payload) error {
 		if err := validate(key, value); err != nil {
 			return err
 		}
@@ -274,8 +307,8 @@ func (s *Store) Create(key, value string) (Info, error) {
 }
 
 // Delete removes a secret; the next read of it is ErrNotFound.
-func (s *Store) Delete(key string) error {
-	return s.write("delete", func(p *payload) error {
+func (s *Store) Delete(ctx context.Context, key string) error {
+	return s.write(ctx, "delete", func(p *payload) error {
 		if _, ok := p.Secrets[key]; !ok {
 			return ErrNotFound
 		}
@@ -286,24 +319,38 @@ func (s *Store) Delete(key string) error {
 
 // Rotate re-seals the store under newKey, which writes from then on; the old key
 // still opens files, as it would as secrets.previous_key_file.
-func (s *Store) Rotate(newKey Key) error {
-	return s.write("rotate", func(*payload) error {
+func (s *Store) Rotate(ctx context.Context, newKey Key) error {
+	return s.write(ctx, "rotate", func(*payload) error {
 		s.keys = append([]Key{newKey}, s.keys...) // under s.mu, like every use of s.keys
 		return nil
 	})
 }
 
 // write applies change to the file as it is on disk, under this process's mutex and
-// the file lock, and returns once the result is durable.
-func (s *Store) write(op string, change func(*payload) error) (err error) {
+// the file lock, and returns once the result is durable. It waits for the locks until
+// ctx is done or the lock timeout passes, whichever is first; a write whose ctx is
+// done (its client went away) by the time it has the locks is not applied.
+func (s *Store) write(ctx context.Context, op string, change func(*payload) error) (err error) {
 	defer func() { s.count(op, err) }()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	lk, err := lockFile(s.path + ".lock")
+	ctx, cancel := context.WithTimeout(ctx, s.lockTimeout)
+	defer cancel()
+	select {
+	case s.mu <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("%w: another write of this egressd held it for %s; try again", ErrBusy, s.lockTimeout)
+	}
+	defer func() { <-s.mu }()
+	lk, err := lockFile(ctx, s.path+".lock")
+	if errors.Is(err, errLocked) {
+		return fmt.Errorf("%w: %s is %v for %s; try again", ErrBusy, s.path+".lock", err, s.lockTimeout)
+	}
 	if err != nil {
 		return fmt.Errorf("locking the secrets file: %w", err)
 	}
 	defer lk.unlock()
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w: the request was canceled", ErrBusy)
+	}
 	snap, err := s.reload()
 	if err != nil {
 		return err
@@ -378,6 +425,8 @@ func resultOf(err error) string {
 		return "conflict"
 	case errors.Is(err, ErrInvalid):
 		return "invalid"
+	case errors.Is(err, ErrBusy):
+		return "busy"
 	}
 	return "error"
 }

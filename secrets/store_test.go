@@ -1,6 +1,7 @@
 package secrets
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -10,6 +11,9 @@ import (
 	"testing"
 	"time"
 )
+
+// ctx is the context of every store call in these tests.
+var ctx = context.Background()
 
 func newStore(t *testing.T, defaults map[string]string) (*Store, string, Key) {
 	t.Helper()
@@ -30,13 +34,13 @@ func newStore(t *testing.T, defaults map[string]string) (*Store, string, Key) {
 
 func TestRoundTrip(t *testing.T) {
 	s, path, key := newStore(t, map[string]string{"default-token": "d"})
-	if _, err := s.Create("api-key", "v1"); err != nil {
+	if _, err := s.Create(ctx, "api-key", "v1"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Create("api-key", "again"); !errors.Is(err, ErrExists) {
+	if _, err := s.Create(ctx, "api-key", "again"); !errors.Is(err, ErrExists) {
 		t.Errorf("Create twice = %v; want ErrExists", err)
 	}
-	v, err := s.Update("api-key", "v2", 0)
+	v, err := s.Update(ctx, "api-key", "v2", 0)
 	if err != nil || v != 2 {
 		t.Fatalf("Update = %d, %v; want version 2", v, err)
 	}
@@ -56,10 +60,10 @@ func TestRoundTrip(t *testing.T) {
 	if all, _ := s2.List(true); len(all) != 2 {
 		t.Errorf("List(true) = %+v; want 2 with the default", all)
 	}
-	if _, err := s.Update("missing", "x", 0); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Update(ctx, "missing", "x", 0); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Update(missing) = %v; want ErrNotFound", err)
 	}
-	if err := s.Delete("api-key"); err != nil {
+	if err := s.Delete(ctx, "api-key"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s2.Get("api-key"); !errors.Is(err, ErrNotFound) {
@@ -75,11 +79,11 @@ func TestRoundTrip(t *testing.T) {
 
 func TestIfMatch(t *testing.T) {
 	s, _, _ := newStore(t, nil)
-	s.Create("token", "a")
-	if _, err := s.Update("token", "b", 1); err != nil {
+	s.Create(ctx, "token", "a")
+	if _, err := s.Update(ctx, "token", "b", 1); err != nil {
 		t.Fatalf("Update with the current version: %v", err)
 	}
-	_, err := s.Update("token", "c", 1)
+	_, err := s.Update(ctx, "token", "c", 1)
 	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "version 2, not 1") {
 		t.Errorf("Update with a stale version = %v; want ErrConflict naming both versions", err)
 	}
@@ -91,14 +95,14 @@ func TestIfMatch(t *testing.T) {
 func TestValidation(t *testing.T) {
 	s, _, _ := newStore(t, nil)
 	for _, key := range []string{"", "has space", "slash/no", strings.Repeat("k", 129), "ünïcode"} {
-		if _, err := s.Create(key, "v"); !errors.Is(err, ErrInvalid) {
+		if _, err := s.Create(ctx, key, "v"); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Create(%q) = %v; want ErrInvalid", key, err)
 		}
 	}
-	if _, err := s.Create(strings.Repeat("k", 128), "v"); err != nil {
+	if _, err := s.Create(ctx, strings.Repeat("k", 128), "v"); err != nil {
 		t.Errorf("Create(128-character key) = %v", err)
 	}
-	_, err := s.Create("big", strings.Repeat("x", MaxValueLen+1))
+	_, err := s.Create(ctx, "big", strings.Repeat("x", MaxValueLen+1))
 	if !errors.Is(err, ErrInvalid) || strings.Contains(err.Error(), "xxxx") {
 		t.Errorf("Create(too big) = %v; want ErrInvalid without the value", err)
 	}
@@ -119,8 +123,8 @@ func TestWrongKey(t *testing.T) {
 
 func TestEveryByteFlipIsDetected(t *testing.T) {
 	s, path, key := newStore(t, nil)
-	s.Create("a", "value-a")
-	s.Create("b", "value-b")
+	s.Create(ctx, "a", "value-a")
+	s.Create(ctx, "b", "value-b")
 	good, _ := os.ReadFile(path)
 	for i := range good {
 		bad := append([]byte(nil), good...)
@@ -138,9 +142,9 @@ func TestEveryByteFlipIsDetected(t *testing.T) {
 
 func TestRollbackIsDetected(t *testing.T) {
 	s, path, _ := newStore(t, nil)
-	s.Create("a", "1")
+	s.Create(ctx, "a", "1")
 	old, _ := os.ReadFile(path)
-	s.Update("a", "2", 0)
+	s.Update(ctx, "a", "2", 0)
 	// Put the older, validly sealed file back under the running store.
 	if err := os.WriteFile(path+".tmp", old, 0o600); err != nil {
 		t.Fatal(err)
@@ -149,16 +153,16 @@ func TestRollbackIsDetected(t *testing.T) {
 	if _, err := s.Get("a"); err == nil || !strings.Contains(err.Error(), "rolled back") {
 		t.Errorf("Get after a rollback = %v; want a rollback error", err)
 	}
-	if _, err := s.Update("a", "3", 0); err == nil {
+	if _, err := s.Update(ctx, "a", "3", 0); err == nil {
 		t.Error("Update over a rolled-back file succeeded; want a refusal")
 	}
 }
 
 func TestRotate(t *testing.T) {
 	s, path, oldKey := newStore(t, nil)
-	s.Create("a", "1")
+	s.Create(ctx, "a", "1")
 	newKey, _ := GenerateKey()
-	if err := s.Rotate(newKey); err != nil {
+	if err := s.Rotate(ctx, newKey); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := Open(Options{File: path, Key: oldKey}); !errors.Is(err, ErrWrongKey) {
@@ -177,7 +181,7 @@ func TestRotate(t *testing.T) {
 func TestConcurrentUpdatesLoseNothing(t *testing.T) {
 	s, path, key := newStore(t, nil)
 	for i := 0; i < 4; i++ {
-		s.Create("k"+strconv.Itoa(i), "0")
+		s.Create(ctx, "k"+strconv.Itoa(i), "0")
 	}
 	// Two stores on one file stand for two processes; each has goroutines updating.
 	s2, err := Open(Options{File: path, Key: key})
@@ -203,7 +207,7 @@ func TestConcurrentUpdatesLoseNothing(t *testing.T) {
 			for i := 0; i < 15; i++ {
 				k := "k" + strconv.Itoa((w+i)%4)
 				v := strconv.Itoa(w) + "-" + strconv.Itoa(i)
-				ver, err := st.Update(k, v, 0)
+				ver, err := st.Update(ctx, k, v, 0)
 				if err != nil {
 					t.Error(err)
 					return

@@ -69,7 +69,7 @@ func runSecrets(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		if *file == "" || *keyFile == "" || *newKeyFile == "" {
 			return usage("give --file, --key-file (the current key) and --new-key-file (created, must not exist)")
 		}
-		return doRotate(*file, *keyFile, *newKeyFile, stdout, fail)
+		return doRotate(ctx, *file, *keyFile, *newKeyFile, stdout, fail)
 	}
 
 	var value string
@@ -94,13 +94,13 @@ func runSecrets(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			}
 			printSecrets(stdout, list, *asJSON)
 		case "create":
-			info, err := store.Create(pos[0], value)
+			info, err := store.Create(ctx, pos[0], value)
 			if err != nil {
 				return fail(err)
 			}
 			fmt.Fprintf(stdout, "created %s (version %d)\n", info.Key, info.Version)
 		case "delete":
-			if err := store.Delete(pos[0]); err != nil {
+			if err := store.Delete(ctx, pos[0]); err != nil {
 				return fail(err)
 			}
 			fmt.Fprintf(stdout, "deleted %s\n", pos[0])
@@ -166,7 +166,7 @@ func doInit(file, keyFile string, seed map[string]string, stdout io.Writer, fail
 	return exitOK
 }
 
-func doRotate(file, keyFile, newKeyFile string, stdout io.Writer, fail func(error) int) int {
+func doRotate(ctx context.Context, file, keyFile, newKeyFile string, stdout io.Writer, fail func(error) int) int {
 	store, err := openFileStore(file, keyFile, io.Discard)
 	if err != nil {
 		return fail(err)
@@ -178,7 +178,7 @@ func doRotate(file, keyFile, newKeyFile string, stdout io.Writer, fail func(erro
 	if err := secrets.WriteKeyFile(newKeyFile, key); err != nil {
 		return fail(err)
 	}
-	if err := store.Rotate(key); err != nil {
+	if err := store.Rotate(ctx, key); err != nil {
 		return fail(fmt.Errorf("the new key is in %s but the store was not re-encrypted: %w", newKeyFile, err))
 	}
 	fmt.Fprintf(stdout, "re-encrypted %s under the new key in %s (key id %s).\n"+

@@ -58,7 +58,7 @@ func openSecrets(c *config.Config, log *slog.Logger, reg prometheus.Registerer) 
 	if err != nil {
 		return nil, nil, err
 	}
-	store, err := secrets.Open(secrets.Options{File: c.Secrets.File, Key: key, PreviousKey: prev, Logger: log, Registerer: reg})
+	store, err := secrets.Open(secrets.Options{File: c.Secrets.File, Key: key, PreviousKey: prev, LockTimeout: c.Secrets.LockTimeout, Logger: log, Registerer: reg})
 	if err != nil {
 		return nil, nil, err
 	}

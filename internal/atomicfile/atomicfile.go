@@ -47,6 +47,37 @@ func Write(path string, data []byte) error {
 	return SyncDir(dir)
 }
 
+// RemoveStale removes the temporary files that Write left beside path when it was
+// killed midway (only names Write creates: ".BASE.tmp-*"), and returns how many. The
+// caller holds whatever lock keeps another writer of path away.
+func RemoveStale(path string) int {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	matches, _ := filepath.Glob(filepath.Join(dir, "."+globEscape(base)+".tmp-*"))
+	n := 0
+	for _, m := range matches {
+		if fi, err := os.Lstat(m); err == nil && fi.Mode().IsRegular() && os.Remove(m) == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// globEscape escapes the characters filepath.Match treats specially.
+func globEscape(s string) string {
+	var b []byte
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '*', '?', '[', '\\':
+			b = append(b, '\\')
+		}
+		b = append(b, s[i])
+	}
+	return string(b)
+}
+
 // SyncDir fsyncs a directory, making the renames and creations in it durable.
 func SyncDir(dir string) error {
 	d, err := os.Open(dir)

@@ -155,6 +155,10 @@ type Secrets struct {
 	// RuntimeTokenFile, if set, holds a token that functions must send as
 	// "Authorization: Bearer <token>" to the runtime API.
 	RuntimeTokenFile string `yaml:"runtime_token_file"`
+	// LockTimeout bounds a write's wait for the store's lock (held by another
+	// process, or another write); past it the write is refused with 503 and nothing
+	// is changed. If zero, 5s is used.
+	LockTimeout time.Duration `yaml:"lock_timeout"`
 }
 
 // Scheduler configures the schedule runner. Without a functions file it is off.
@@ -194,6 +198,7 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Proxy.DialTimeout, 10*time.Second)
 	setDefault(&c.Proxy.MaxHeaderBytes, 64<<10)
 	setDefault(&c.Proxy.MaxResponseHeaderBytes, 1<<20)
+	setDefault(&c.Secrets.LockTimeout, 5*time.Second)
 	setDefault(&c.Proxy.ResponseHeaderTimeout, 60*time.Second)
 	setDefault(&c.Proxy.MaxConnections, 4096)
 	setDefault(&c.Proxy.DrainTimeout, 30*time.Second)
@@ -406,6 +411,9 @@ func (c *Config) validate(root *yaml.Node) error {
 		if d.v < 0 {
 			add([]string{"proxy", d.key}, "%s is negative; leave it out for the default", d.v)
 		}
+	}
+	if c.Secrets.LockTimeout < 0 {
+		add([]string{"secrets", "lock_timeout"}, "%s is negative; leave it out for the default", c.Secrets.LockTimeout)
 	}
 	if c.Proxy.MaxHeaderBytes < 0 {
 		add([]string{"proxy", "max_header_bytes"}, "%d is negative; leave it out for the default", c.Proxy.MaxHeaderBytes)
