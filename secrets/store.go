@@ -83,17 +83,17 @@ type Options struct {
 // Store is an open secrets file. It is safe for concurrent use, and for use by
 // several processes on one file.
 type Store struct {
-	path    string
-	keys    []Key // keys[0] writes
-	now     func() time.Time
-	log     *slog.Logger
-	ops     *prometheus.CounterVec
+	path string
+	keys []Key // keys[0] writes
+	now  func() time.Time
+	log  *slog.Logger
+	ops  *prometheus.CounterVec
 	// mu serializes writes and reloads in this process: a channel, so that a wait
 	// for it can give up.
 	mu          chan struct{}
 	lockTimeout time.Duration
 	snap        atomic.Pointer[snapshot]
-	highest int64 // the highest generation seen; a lower one is a rollback
+	highest     int64 // the highest generation seen; a lower one is a rollback
 }
 
 // snapshot is the content of the file as last read, and which file that was.
