@@ -154,3 +154,67 @@ func TestScheduleFiresOnTheMinute(t *testing.T) {
 		t.Errorf("fired %v after the minute boundary; want within 3 s", late)
 	}
 }
+
+// TestShutdownDuringARun: SIGTERM while a scheduled run is going stops accepting at
+// once, and egressd is gone within the drain time, the run canceled.
+func TestShutdownDuringARun(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	called := make(chan struct{}, 1)
+	release := make(chan struct{})
+	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		called <- struct{}{}
+		select { // a function that takes its time
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(release); fn.Close() })
+	writeFile(t, filepath.Join(dir, "functions.yaml"), "functions:\n  - name: slow\n    url: "+fn.URL+"/\n    state: productive\n")
+	writeFile(t, filepath.Join(dir, "admin.token"), "sched-token\n")
+	d := startDaemon(t, daemonConfig{
+		proxy: "  drain_timeout: 2s\n",
+		extra: fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\nscheduler:\n  functions_file: %s\n  state_file: %s\n  invoke_timeout: 60s\n",
+			filepath.Join(dir, "admin.token"), filepath.Join(dir, "functions.yaml"), filepath.Join(dir, "schedules.json"))})
+	var started struct{ Admin string }
+	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
+	env := []string{"EGRESSD_ADMIN_TOKEN=sched-token"}
+	res := execInEnv(t, dir, env, nil, "schedules", "create", "--function", "slow", "--cron", "@hourly", "--admin", "http://"+started.Admin)
+	id := strings.Fields(res.stdout)[1]
+	id = strings.TrimSuffix(id, ":")
+	go func() { // the run, through the admin API; it waits for the function
+		req, _ := http.NewRequest("POST", "http://"+started.Admin+"/v1/schedules/"+id+"/run", nil)
+		req.Header.Set("Authorization", "Bearer sched-token")
+		if resp, err := (&http.Client{Timeout: 15 * time.Second}).Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	select {
+	case <-called:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the run never reached the function")
+	}
+	start := time.Now()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	refused := false
+	for i := 0; i < 50 && !refused; i++ { // the proxy stops accepting at once
+		c, err := dialTimeout(d.proxy)
+		if err != nil {
+			refused = true
+			break
+		}
+		c.Close()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !refused || time.Since(start) > 500*time.Millisecond {
+		t.Errorf("the proxy still accepted %v after SIGTERM", time.Since(start))
+	}
+	select {
+	case <-d.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("egressd still running 10s after SIGTERM")
+	}
+	if took := time.Since(start); took > 3500*time.Millisecond {
+		t.Errorf("egressd took %v to stop; want the drain time (2s) at most", took)
+	}
+}

@@ -111,6 +111,9 @@ type Scheduler struct {
 	deleted   []DeletedSchedule // oldest first
 	changed   chan struct{}     // wakes the loop when schedules change
 	inflight  sync.WaitGroup
+	// runs is the parent of every invocation's context; CancelRuns ends them.
+	runs       context.Context
+	cancelRuns context.CancelFunc
 }
 
 type entry struct {
@@ -140,6 +143,7 @@ func New(opts Options) (*Scheduler, error) {
 		opts.Registerer = prometheus.NewRegistry()
 	}
 	s := &Scheduler{opts: opts, log: opts.Logger, entries: map[string]*entry{}, changed: make(chan struct{}, 1)}
+	s.runs, s.cancelRuns = context.WithCancel(context.Background())
 	var err error
 	if s.metrics, err = newMetrics(opts.Registerer, s); err != nil {
 		return nil, err
@@ -404,7 +408,7 @@ func (s *Scheduler) invoke(e *entry, at time.Time) {
 		f := s.functions[e.Function]
 		payload := e.Payload
 		s.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), s.opts.InvokeTimeout)
+		ctx, cancel := context.WithTimeout(s.runs, s.opts.InvokeTimeout)
 		defer cancel()
 		h := http.Header{}
 		h.Set("Content-Type", "application/json")
@@ -466,6 +470,10 @@ func (s *Scheduler) Run(ctx context.Context) {
 		}
 	}
 }
+
+// CancelRuns ends the invocations in flight (they are recorded as failed) and every
+// one started after: for a shutdown whose drain time has run out.
+func (s *Scheduler) CancelRuns() { s.cancelRuns() }
 
 func (s *Scheduler) wake() {
 	select {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -233,13 +234,32 @@ loop:
 	}
 
 	log.Info("shutting down", "drain", c.Proxy.DrainTimeout.String())
-	stopWatch()
-	<-schedDone // invocations in flight finish (each within scheduler.invoke_timeout)
+	stopWatch() // no more reloads, and the scheduler starts no run
 	drainCtx, cancel := context.WithTimeout(context.Background(), c.Proxy.DrainTimeout)
 	defer cancel()
-	if err := p.Shutdown(drainCtx); err != nil {
-		log.Warn("proxy shutdown", "error", err)
-	}
+	// The proxy stops accepting at once and drains, while scheduled runs in flight
+	// finish beside it; whatever is left when the drain time is up is ended.
+	var drained sync.WaitGroup
+	drained.Add(2)
+	go func() {
+		defer drained.Done()
+		if err := p.Shutdown(drainCtx); err != nil {
+			log.Warn("proxy shutdown", "error", err)
+		}
+	}()
+	go func() {
+		defer drained.Done()
+		select {
+		case <-schedDone:
+		case <-drainCtx.Done():
+			if sched != nil {
+				log.Warn("scheduled runs still going at the end of the drain time; canceled")
+				sched.CancelRuns()
+			}
+			<-schedDone
+		}
+	}()
+	drained.Wait()
 	_ = metricsSrv.Shutdown(drainCtx)
 	if adminSrv != nil {
 		_ = adminSrv.Shutdown(drainCtx)
