@@ -104,6 +104,8 @@ type daemonConfig struct {
 	// one, with a hosts file that knows only localhost, so no test ever asks the
 	// machine's nameservers.
 	zone map[string]dnstest.Record
+	// fileLimit, if set, is the daemon's file-descriptor limit (ulimit -n).
+	fileLimit int
 	// dnsServer, if set, is the fixture DNS server to use instead of one for zone,
 	// so that a test can ask it what it was asked.
 	dnsServer *dnstest.Server
@@ -146,6 +148,10 @@ func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
 	dir := writeConfig(t, cfg)
 	d := &daemon{t: t, dir: dir, logs: &logBuffer{}, done: make(chan struct{})}
 	d.cmd = exec.Command(binary, "serve", "--config", filepath.Join(dir, "egressd.yaml"))
+	if cfg.fileLimit > 0 {
+		d.cmd = exec.Command("sh", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, cfg.fileLimit),
+			binary, "serve", "--config", filepath.Join(dir, "egressd.yaml"))
+	}
 	d.cmd.Env = append(os.Environ(), "HTTP_PROXY=http://127.0.0.1:1", "HTTPS_PROXY=http://127.0.0.1:1", "http_proxy=http://127.0.0.1:1")
 	d.cmd.Stderr = d.logs
 	if err := d.cmd.Start(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -159,4 +160,42 @@ func TestConnectionLimit(t *testing.T) {
 	if got := d.status("http://" + origin.Listener.Addr().String() + "/"); got != 200 {
 		t.Errorf("after the tunnel closed = %d; want 200", got)
 	}
+}
+
+// TestFileLimitKeepsHealthz: with ulimit -n 256 and 400 client connections open,
+// /healthz and /metrics still answer, and so does a request once connections close.
+func TestFileLimitKeepsHealthz(t *testing.T) {
+	t.Parallel()
+	origin := httpOrigin(t)
+	d := startDaemon(t, daemonConfig{fileLimit: 256, files: map[string]string{"allow.d/a.txt": origin.Listener.Addr().String() + "\n"}})
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 400; i++ {
+		c, err := dialTimeout(d.proxy)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		conns = append(conns, c)
+	}
+	c := &http.Client{Timeout: 3 * time.Second}
+	for _, path := range []string{"/healthz", "/metrics"} {
+		resp, err := c.Get("http://" + d.metrics + path)
+		if err != nil {
+			t.Fatalf("%s with 400 connections open: %v", path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("%s: %d", path, resp.StatusCode)
+		}
+	}
+	d.waitLog("proxy at its file-descriptor budget", 5*time.Second)
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	d.waitStatus("http://"+origin.Listener.Addr().String()+"/", 200)
 }

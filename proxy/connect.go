@@ -58,7 +58,7 @@ func (p *Proxy) startTunnel(ex *exchange, client net.Conn) {
 			return
 		}
 	}
-	t := &tunnel{client: client, upstream: upstream, host: ex.host, port: ex.port, ex: ex, end: p.endTunnel}
+	t := &tunnel{client: client, upstream: upstream, host: ex.host, port: ex.port, ex: ex, end: p.endTunnel, halfClose: p.opts.HalfCloseTimeout}
 	p.tunnels.add(t)
 	p.tunnelsLive.Add(1)
 	p.metrics.tunnelsActive.Inc()

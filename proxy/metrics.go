@@ -13,6 +13,7 @@ type metrics struct {
 	tunnelBytes    *prometheus.CounterVec // direction
 	upstreamErrors *prometheus.CounterVec // reason
 	tunnelsClosed  *prometheus.CounterVec // reason
+	acceptErrors   prometheus.Counter
 
 	// The children the request path uses, resolved once: WithLabelValues hashes the
 	// values and takes the vector's lock on every call.
@@ -47,10 +48,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"reason"}),
 		tunnelsClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressd_tunnels_closed_total",
-			Help: "CONNECT tunnels closed, by reason (done, idle, revoked, shutdown).",
+			Help: "CONNECT tunnels closed, by reason (done, idle, revoked, shutdown, half_closed).",
 		}, []string{"reason"}),
+		acceptErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "egressd_accept_errors_total",
+			Help: "Failures to accept a client connection on the proxy listener (out of file descriptors, mostly).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tunnelsActive, m.tunnelBytes, m.upstreamErrors, m.tunnelsClosed} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.tunnelsActive, m.tunnelBytes, m.upstreamErrors, m.tunnelsClosed, m.acceptErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

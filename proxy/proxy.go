@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,6 +40,13 @@ type Options struct {
 	// MaxConnections bounds concurrent client connections, tunnels included; past it
 	// a request gets 503. If zero, 4096.
 	MaxConnections int
+	// HalfCloseTimeout closes a tunnel whose one direction has ended (the client sent
+	// its FIN) while the other goes on for this long. If zero, 30s.
+	HalfCloseTimeout time.Duration
+	// FileLimit is the process's file-descriptor limit, which bounds what the proxy
+	// accepts: each proxied connection holds two descriptors, and a reserve stays free
+	// for the metrics, health and admin listeners. If zero, RLIMIT_NOFILE.
+	FileLimit int
 	// CloseRevokedTunnels closes an open tunnel when SetPolicy installs a policy that
 	// no longer allows its target.
 	CloseRevokedTunnels bool
@@ -81,6 +89,12 @@ type Proxy struct {
 	srv       *http.Server
 	tunnels   *tunnelSet
 	conns     atomic.Int64 // client connections open, tunnels and upgrades included
+	// maxOpen is the client connections the file-descriptor budget allows; past it
+	// the listener stops accepting until one closes.
+	maxOpen int64
+	// acceptWarned is when an accept problem was last logged (UnixNano): at most
+	// one line a second.
+	acceptWarned atomic.Int64
 	// tunnelsLive counts tunnels from their start until their access log line is
 	// written: what a shutdown waits for.
 	tunnelsLive atomic.Int64
@@ -95,6 +109,10 @@ func New(opts Options) (*Proxy, error) {
 	setDefault(&opts.MaxResponseHeaderBytes, 1<<20)
 	setDefault(&opts.ResponseHeaderTimeout, 60*time.Second)
 	setDefault(&opts.MaxConnections, 4096)
+	setDefault(&opts.HalfCloseTimeout, 30*time.Second)
+	if opts.FileLimit == 0 {
+		opts.FileLimit = fileLimit()
+	}
 	if opts.LocalHandler == nil {
 		opts.LocalHandler = http.NotFoundHandler()
 	}
@@ -124,6 +142,12 @@ func New(opts Options) (*Proxy, error) {
 			Exempt: guard.ExemptFunc(func(a netip.Addr) bool { return p.policy.Load().Exempt(a) }),
 		})
 	}
+	budget := max(opts.FileLimit-fdReserve, 32)
+	p.maxOpen = int64(budget / 2)
+	if int64(opts.MaxConnections) > p.maxOpen {
+		opts.Logger.Warn("the file-descriptor limit holds the proxy to fewer connections than proxy.max_connections; raise it (ulimit -n) for more",
+			"file_limit", opts.FileLimit, "max_connections", opts.MaxConnections, "connections", p.maxOpen)
+	}
 	p.upstreams = &upstreams{
 		dial:           p.dialer.Dial,
 		tlsConfig:      opts.UpstreamTLS,
@@ -132,7 +156,7 @@ func New(opts Options) (*Proxy, error) {
 		maxHeaderBytes: opts.MaxResponseHeaderBytes,
 		expectTimeout:  time.Second,
 		maxIdle:        256,
-		maxIdleAll:     1024,
+		maxIdleAll:     min(1024, budget/4),
 		now:            opts.Now,
 	}
 	p.gp = p.newGoproxy()
@@ -189,6 +213,7 @@ func (p *Proxy) Serve(ln net.Listener) error {
 		return errors.New("proxy: Serve called before SetPolicy")
 	}
 	p.dialer.AddOwn(ln.Addr())
+	ln = &acceptLimiter{Listener: ln, p: p}
 	stop := p.tunnels.sweepIdle(p.opts.IdleTimeout, p.metrics, p.log)
 	defer stop()
 	stopPrune := every(min(max(p.opts.IdleTimeout/2, 10*time.Millisecond), 30*time.Second), p.upstreams.prune)
@@ -268,6 +293,58 @@ func (p *Proxy) trackConn(_ net.Conn, state http.ConnState) {
 	case http.StateClosed, http.StateHijacked:
 		p.conns.Add(-1)
 	}
+}
+
+// fdReserve is the file descriptors kept out of the proxy's budget: the metrics,
+// health and admin listeners and their clients, the DNS sockets, the log, the files.
+const fdReserve = 64
+
+// fileLimit is the process's soft RLIMIT_NOFILE, or a large number if unknown.
+func fileLimit() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<20 {
+		return 1 << 20
+	}
+	return int(rl.Cur)
+}
+
+// acceptLimiter is the proxy's listener: it accepts only while the file-descriptor
+// budget has room, so that running out of descriptors stops new proxy connections
+// (they wait in the kernel's backlog) and never /healthz or /metrics; and it counts
+// and logs accept failures, which net/http would only retry.
+type acceptLimiter struct {
+	net.Listener
+	p      *Proxy
+	closed atomic.Bool
+}
+
+func (l *acceptLimiter) Accept() (net.Conn, error) {
+	for l.p.conns.Load() >= l.p.maxOpen && !l.closed.Load() {
+		l.p.warnAccept("proxy at its file-descriptor budget; new connections wait until one closes",
+			"connections", l.p.conns.Load(), "file_limit", l.p.opts.FileLimit)
+		time.Sleep(5 * time.Millisecond)
+	}
+	c, err := l.Listener.Accept()
+	if err != nil && !l.closed.Load() && !errors.Is(err, net.ErrClosed) {
+		l.p.metrics.acceptErrors.Inc()
+		l.p.warnAccept("proxy listener cannot accept", "error", err.Error(), "connections", l.p.conns.Load())
+	}
+	return c, err
+}
+
+func (l *acceptLimiter) Close() error {
+	l.closed.Store(true)
+	return l.Listener.Close()
+}
+
+// warnAccept logs at most once a second.
+func (p *Proxy) warnAccept(msg string, args ...any) {
+	now := time.Now().UnixNano()
+	last := p.acceptWarned.Load()
+	if now-last < int64(time.Second) || !p.acceptWarned.CompareAndSwap(last, now) {
+		return
+	}
+	p.log.Warn(msg, args...)
 }
 
 // connSlot is a client connection counted against MaxConnections by something other

@@ -19,6 +19,9 @@ const (
 	closeIdle     = "idle"     // no bytes either way for IdleTimeout
 	closeRevoked  = "revoked"  // a reload removed the rule that allowed it
 	closeShutdown = "shutdown" // the drain time ran out
+	// closeHalfClosed: one side ended its direction and the other did not follow
+	// within the half-closed timeout (an origin that ignores the client's FIN).
+	closeHalfClosed = "half_closed"
 )
 
 // tunnel is one CONNECT tunnel. Both ends are raw connections (normally
@@ -31,10 +34,14 @@ type tunnel struct {
 	port     uint16
 	ex       *exchange
 	end      func(*tunnel) // called once, by the copier that finishes last
+	// halfClose bounds how long one direction may go on after the other ended.
+	halfClose time.Duration
 
-	up, down int64        // bytes moved, each written by its own copier
-	running  atomic.Int32 // copiers still running
-	reason   atomic.Pointer[string]
+	up, down   int64        // bytes moved, each written by its own copier
+	running    atomic.Int32 // copiers still running
+	reason     atomic.Pointer[string]
+	halfClosed *time.Timer // armed when the first copier ends
+	timerMu    sync.Mutex
 }
 
 // start runs the two copiers, each on a goroutine of its own.
@@ -57,7 +64,17 @@ func copyUpstreamToClient(t *tunnel) {
 }
 
 func (t *tunnel) copierDone() {
-	if t.running.Add(-1) == 0 {
+	switch t.running.Add(-1) {
+	case 1:
+		t.timerMu.Lock()
+		t.halfClosed = time.AfterFunc(t.halfClose, func() { t.close(closeHalfClosed) })
+		t.timerMu.Unlock()
+	case 0:
+		t.timerMu.Lock()
+		if t.halfClosed != nil {
+			t.halfClosed.Stop()
+		}
+		t.timerMu.Unlock()
 		t.close(closeDone)
 		t.end(t)
 	}

@@ -102,18 +102,7 @@ func (s *syncBuffer) String() string {
 // targets (loopback addresses), and returns it and its address.
 func serveProxy(tb testing.TB, opts Options, targets ...string) (*Proxy, string) {
 	tb.Helper()
-	var rules []policy.Rule
-	for _, target := range targets {
-		r, err := policy.ParseRule(target)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		rules = append(rules, r)
-	}
-	m, problems := policy.Compile(rules, policy.Options{})
-	if len(problems) > 0 {
-		tb.Fatal(problems)
-	}
+	m := compileRules(tb, targets...)
 	p, err := New(opts)
 	if err != nil {
 		tb.Fatal(err)
@@ -126,6 +115,24 @@ func serveProxy(tb testing.TB, opts Options, targets ...string) (*Proxy, string)
 	go p.Serve(ln)
 	tb.Cleanup(p.close)
 	return p, ln.Addr().String()
+}
+
+// compileRules compiles a policy of the given rules.
+func compileRules(tb testing.TB, texts ...string) *policy.Matcher {
+	tb.Helper()
+	var rules []policy.Rule
+	for _, text := range texts {
+		r, err := policy.ParseRule(text)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		rules = append(rules, r)
+	}
+	m, problems := policy.Compile(rules, policy.Options{})
+	if len(problems) > 0 {
+		tb.Fatal(problems)
+	}
+	return m
 }
 
 // testProxy serves a Proxy on loopback that allows targets, and returns an HTTP

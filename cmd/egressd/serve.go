@@ -88,6 +88,7 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 		MaxResponseHeaderBytes: c.Proxy.MaxResponseHeaderBytes,
 		ResponseHeaderTimeout:  c.Proxy.ResponseHeaderTimeout,
 		MaxConnections:         c.Proxy.MaxConnections,
+		HalfCloseTimeout:       c.Proxy.HalfCloseTimeout,
 		CloseRevokedTunnels:    *c.Proxy.CloseRevokedTunnels,
 		Logger:                 log,
 		Registerer:             reg,

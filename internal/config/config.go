@@ -86,6 +86,9 @@ type Proxy struct {
 	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
 	// MaxConnections bounds concurrent client connections. If zero, 4096 is used.
 	MaxConnections int `yaml:"max_connections"`
+	// HalfCloseTimeout closes a tunnel whose client has ended its direction while the
+	// origin keeps the other open for this long. If zero, 30s is used.
+	HalfCloseTimeout time.Duration `yaml:"half_close_timeout"`
 	// DrainTimeout is how long a shutdown lets requests and tunnels in flight finish
 	// before closing them. If zero, 30s is used.
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
@@ -199,6 +202,7 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Proxy.MaxHeaderBytes, 64<<10)
 	setDefault(&c.Proxy.MaxResponseHeaderBytes, 1<<20)
 	setDefault(&c.Secrets.LockTimeout, 5*time.Second)
+	setDefault(&c.Proxy.HalfCloseTimeout, 30*time.Second)
 	setDefault(&c.Proxy.ResponseHeaderTimeout, 60*time.Second)
 	setDefault(&c.Proxy.MaxConnections, 4096)
 	setDefault(&c.Proxy.DrainTimeout, 30*time.Second)
@@ -407,6 +411,7 @@ func (c *Config) validate(root *yaml.Node) error {
 		{"dial_timeout", c.Proxy.DialTimeout},
 		{"drain_timeout", c.Proxy.DrainTimeout},
 		{"response_header_timeout", c.Proxy.ResponseHeaderTimeout},
+		{"half_close_timeout", c.Proxy.HalfCloseTimeout},
 	} {
 		if d.v < 0 {
 			add([]string{"proxy", d.key}, "%s is negative; leave it out for the default", d.v)
