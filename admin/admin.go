@@ -19,8 +19,42 @@ import (
 
 // Handler authenticates every request and routes it to the registered endpoints.
 type Handler struct {
-	token [sha256.Size]byte
+	token Token
 	mux   *http.ServeMux
+}
+
+// Token is a bearer token, kept as its SHA-256 digest. It is the one check of
+// "Authorization: Bearer <token>" in egressd: the admin API and the secrets runtime
+// API both use it.
+type Token struct{ sum [sha256.Size]byte }
+
+// NewToken returns the Token for text, which must not be empty.
+func NewToken(text string) (Token, error) {
+	if text == "" {
+		return Token{}, errors.New("empty token")
+	}
+	return Token{sum: sha256.Sum256([]byte(text))}, nil
+}
+
+// Matches reports whether r carries exactly one "Authorization: Bearer <token>"
+// with this token: the scheme in any case (RFC 7235), one or more spaces, then the
+// token and nothing else. It compares digests in constant time: comparing the
+// tokens themselves would leak their length.
+func (t Token) Matches(r *http.Request) bool {
+	values := r.Header.Values("Authorization")
+	if len(values) != 1 {
+		return false
+	}
+	scheme, cred, ok := strings.Cut(values[0], " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	cred = strings.TrimLeft(cred, " ")
+	if cred == "" || strings.ContainsAny(cred, " \t") {
+		return false
+	}
+	sum := sha256.Sum256([]byte(cred))
+	return subtle.ConstantTimeCompare(sum[:], t.sum[:]) == 1
 }
 
 // ReadToken reads a token file: the first line, trimmed. An empty token is an error,
@@ -40,10 +74,11 @@ func ReadToken(path string) (string, error) {
 
 // New returns a Handler that accepts token.
 func New(token string) (*Handler, error) {
-	if token == "" {
-		return nil, errors.New("admin: empty token")
+	t, err := NewToken(token)
+	if err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
 	}
-	return &Handler{token: sha256.Sum256([]byte(token)), mux: http.NewServeMux()}, nil
+	return &Handler{token: t, mux: http.NewServeMux()}, nil
 }
 
 // Handle registers an endpoint, with a net/http ServeMux pattern ("GET /v1/policy").
@@ -51,23 +86,12 @@ func (h *Handler) Handle(pattern string, handler http.Handler) { h.mux.Handle(pa
 
 // ServeHTTP checks the bearer token, then serves the request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !h.authorized(r) {
+	if !h.token.Matches(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="egressd"`)
 		WriteError(w, http.StatusUnauthorized, "missing or wrong bearer token; send Authorization: Bearer <the token in admin.token_file>")
 		return
 	}
 	h.mux.ServeHTTP(w, r)
-}
-
-// authorized compares digests of the tokens in constant time: comparing the tokens
-// themselves would leak their length.
-func (h *Handler) authorized(r *http.Request) bool {
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok {
-		return false
-	}
-	sum := sha256.Sum256([]byte(strings.TrimSpace(got)))
-	return subtle.ConstantTimeCompare(sum[:], h.token[:]) == 1
 }
 
 // WriteJSON writes v as the JSON answer.

@@ -24,8 +24,19 @@ func TestAuth(t *testing.T) {
 		{"no token", "", 401},
 		{"wrong token", "Bearer nope", 401},
 		{"longer wrong token", "Bearer s3cret-token-and-more", 401},
+		{"shorter token", "Bearer s3cret-toke", 401},
+		{"a prefix of the token", "Bearer s3cret", 401},
+		{"one character", "Bearer s", 401},
+		{"empty token", "Bearer ", 401},
+		{"scheme only", "Bearer", 401},
+		{"raw token without a scheme", "s3cret-token", 401},
 		{"not bearer", "Basic czNjcmV0LXRva2Vu", 401},
+		{"another scheme with the token", "Token s3cret-token", 401},
+		{"token and more", "Bearer s3cret-token extra", 401},
 		{"right token", "Bearer s3cret-token", 200},
+		{"scheme in lower case", "bearer s3cret-token", 200},
+		{"scheme in upper case", "BEARER s3cret-token", 200},
+		{"two spaces", "Bearer  s3cret-token", 200},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -42,6 +53,17 @@ func TestAuth(t *testing.T) {
 				t.Errorf("status = %d; want %d", resp.StatusCode, tt.want)
 			}
 		})
+	}
+}
+
+// TestTwoAuthorizationHeaders: an ambiguous request is refused, whichever comes first.
+func TestTwoAuthorizationHeaders(t *testing.T) {
+	tok, _ := NewToken("s3cret-token")
+	r := httptest.NewRequest("GET", "/", nil)
+	r.Header.Add("Authorization", "Bearer s3cret-token")
+	r.Header.Add("Authorization", "Bearer other")
+	if tok.Matches(r) {
+		t.Error("two Authorization headers matched")
 	}
 }
 

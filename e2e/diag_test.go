@@ -217,7 +217,11 @@ func TestAdminAPI(t *testing.T) {
 		}{
 			{nil, "401"},
 			{[]string{"-H", "Authorization: Bearer wrong"}, "401"},
+			{[]string{"-H", "Authorization: Bearer " + token[:len(token)-1]}, "401"},
+			{[]string{"-H", "Authorization: Bearer " + token + "x"}, "401"},
+			{[]string{"-H", "Authorization: " + token}, "401"},
 			{[]string{"-H", "Authorization: Bearer " + token}, "200"},
+			{[]string{"-H", "Authorization: bearer " + token}, "200"},
 		} {
 			out, _ := curl(t, nil, append(tt.auth, "-o", "/dev/null", "-w", "%{http_code}", base+"/v1/policy")...)
 			if out != tt.want {

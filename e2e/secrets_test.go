@@ -154,6 +154,11 @@ func TestSecretsRuntimeToken(t *testing.T) {
 	if code, _ := runtimeCall(t, plain, "GET", u, ""); code != 401 {
 		t.Errorf("GET without the runtime token = %d; want 401", code)
 	}
+	for _, auth := range []string{"fn-token", "Bearer fn-toke", "Bearer fn-token2", "Bearer ", "Basic Zm4tdG9rZW4="} {
+		if code, _ := runtimeCall(t, plain, "GET", u, "", "Authorization", auth); code != 401 {
+			t.Errorf("GET with Authorization %q = %d; want 401", auth, code)
+		}
+	}
 	if code, _ := runtimeCall(t, plain, "GET", u, "", "Authorization", "Bearer fn-token"); code != 200 {
 		t.Errorf("GET with the runtime token = %d; want 200", code)
 	}

@@ -1,8 +1,6 @@
 package secrets
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
@@ -77,11 +75,9 @@ func withToken(token string, s *Store, next http.Handler) http.Handler {
 	if token == "" {
 		return next
 	}
-	want := sha256.Sum256([]byte(token))
+	want, _ := admin.NewToken(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		sum := sha256.Sum256([]byte(strings.TrimSpace(got)))
-		if subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
+		if !want.Matches(r) {
 			s.ops.WithLabelValues("auth", "unauthorized").Inc()
 			w.Header().Set("WWW-Authenticate", `Bearer realm="egressd secrets"`)
 			writeError(w, http.StatusUnauthorized, "missing or wrong runtime token")
