@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -47,8 +48,14 @@ type Key struct {
 	id [keyIDLen]byte
 }
 
-// String never shows the key.
-func (Key) String() string { return redacted }
+// A Key prints as "<secret>" through every fmt verb, JSON, text marshalling and
+// slog, as a Value does: %#v or %d on the struct would otherwise print its bytes.
+func (Key) String() string               { return redacted }
+func (Key) GoString() string             { return redacted }
+func (Key) Format(f fmt.State, _ rune)   { f.Write([]byte(redacted)) }
+func (Key) MarshalJSON() ([]byte, error) { return []byte(`"` + redacted + `"`), nil }
+func (Key) MarshalText() ([]byte, error) { return []byte(redacted), nil }
+func (Key) LogValue() slog.Value         { return slog.StringValue(redacted) }
 
 // ID names the key without revealing it: the first bytes of its SHA-256, in hex.
 func (k Key) ID() string { return hex.EncodeToString(k.id[:]) }

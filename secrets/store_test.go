@@ -102,6 +102,15 @@ func TestValidation(t *testing.T) {
 	if _, err := s.Create(ctx, strings.Repeat("k", 128), "v"); err != nil {
 		t.Errorf("Create(128-character key) = %v", err)
 	}
+	if _, err := s.Create(ctx, "max", strings.Repeat("x", MaxValueLen)); err != nil {
+		t.Errorf("Create(a value of exactly %d bytes) = %v; want it accepted", MaxValueLen, err)
+	}
+	if _, err := s.Update(ctx, "max", strings.Repeat("y", MaxValueLen), 0); err != nil {
+		t.Errorf("Update(a value of exactly %d bytes) = %v; want it accepted", MaxValueLen, err)
+	}
+	if sec, _ := s.Get("max"); sec.Value.Len() != MaxValueLen {
+		t.Errorf("the maximal value reads back as %d bytes", sec.Value.Len())
+	}
 	_, err := s.Create(ctx, "big", strings.Repeat("x", MaxValueLen+1))
 	if !errors.Is(err, ErrInvalid) || strings.Contains(err.Error(), "xxxx") {
 		t.Errorf("Create(too big) = %v; want ErrInvalid without the value", err)
