@@ -112,7 +112,7 @@ func TestTransferEncodingClosesConnection(t *testing.T) {
 // report, not allow or deny.
 func TestReportModeLabel(t *testing.T) {
 	origin := startRawOrigin(t, serveN(1, func(*http.Request, int) string { return okAnswer("ok") }))
-	d := dialer.New(dialer.Options{Exempt: exemptAll{}}) // the guard is not what is tested
+	d := dialer.New(dialer.Options{Exempt: exemptAll{}})                       // the guard is not what is tested
 	p, addr := serveProxy(t, Options{Report: true, Dialer: d}, "127.0.0.1/32") // the address, not the port
 	_, br := rawRequest(t, addr, "GET http://"+origin.addr()+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
 	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 200 {
