@@ -8,6 +8,7 @@ import (
 )
 
 // TraceHandler serves GET /v1/trace?url=...: the trace, run by the daemon.
+// With follow_denied=true it fetches hops that the policy denies too.
 func TraceHandler(t *Tracer) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		raw := r.URL.Query().Get("url")
@@ -15,7 +16,9 @@ func TraceHandler(t *Tracer) http.Handler {
 			admin.WriteError(w, http.StatusBadRequest, "give the URL to trace: /v1/trace?url=https://example.com/")
 			return
 		}
-		tr, err := t.Trace(r.Context(), raw)
+		tracer := *t
+		tracer.FollowDenied = r.URL.Query().Get("follow_denied") == "true"
+		tr, err := tracer.Trace(r.Context(), raw)
 		if err != nil {
 			admin.WriteError(w, http.StatusBadRequest, err.Error())
 			return

@@ -29,6 +29,9 @@ type Tracer struct {
 	MaxHops int
 	// HopTimeout bounds each request. If zero, 10s.
 	HopTimeout time.Duration
+	// FollowDenied fetches hops that the policy denies too. Without it a trace stops
+	// at the first denied hop and says so: a trace contacts only what the proxy would.
+	FollowDenied bool
 }
 
 // Hop is one request of a trace.
@@ -53,7 +56,8 @@ type Trace struct {
 	URL  string `json:"url"`
 	Hops []Hop  `json:"hops"`
 	// End says how the chain ended: "answer" (a response that is not a redirect),
-	// "error", "loop" or "too many hops".
+	// "denied" (a hop the policy denies, not fetched), "error", "loop" or "too many
+	// hops".
 	End string `json:"end"`
 	// Allowed is true when every hop is allowed and the chain ends in an answer.
 	Allowed bool `json:"allowed"`
@@ -100,6 +104,13 @@ func (t *Tracer) Trace(ctx context.Context, rawURL string) (*Trace, error) {
 		}
 		seen[u.String()] = true
 		hop := t.check(m, u)
+		if !hop.Allowed && hop.Error == "" && !t.FollowDenied {
+			hop.Error = "not fetched: the policy denies it; to see where it leads, trace with --follow-denied " +
+				"(follow_denied=true on /v1/trace), which fetches denied hops"
+			res.Hops = append(res.Hops, hop)
+			res.End = "denied"
+			return res.finish(), nil
+		}
 		next, end := t.fetch(ctx, client, u, &hop)
 		res.Hops = append(res.Hops, hop)
 		if end != "" {

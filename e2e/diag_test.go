@@ -113,8 +113,24 @@ func TestTrace(t *testing.T) {
 	}
 	p := ":" + port
 
-	t.Run("chain with a denied host", func(t *testing.T) {
+	t.Run("stops at a denied host", func(t *testing.T) {
 		tr, _, code := trace(t, dir, "http://a.test"+p+"/start")
+		if len(tr.Hops) != 2 || tr.Hops[1].URL != "http://b.test"+p+"/next" || tr.Hops[1].Allowed || tr.Hops[1].Status != 0 || tr.Hops[1].Method != "" {
+			t.Fatalf("hops = %+v; want a.test fetched, then b.test denied and not fetched", tr.Hops)
+		}
+		if h := tr.Hops[1]; !strings.Contains(h.Error, "not fetched") || !strings.Contains(h.Error, "--follow-denied") {
+			t.Errorf("the denied hop says %q; want why it was not fetched and how to look further", h.Error)
+		}
+		if tr.End != "denied" || tr.Allowed || len(tr.Add) != 1 || tr.Add[0] != "b.test"+p || code != 1 {
+			t.Errorf("trace end %q allowed %v add %v exit %d; want denied, false, [b.test%s], 1", tr.End, tr.Allowed, tr.Add, code, p)
+		}
+		stdout, _, _ := egressd(t, dir, "trace", "--config", "egressd.yaml", "http://a.test"+p+"/start")
+		if !strings.Contains(stdout, "stopped at a denied hop") {
+			t.Errorf("text output:\n%s", stdout)
+		}
+	})
+	t.Run("chain with a denied host, followed", func(t *testing.T) {
+		tr, _, code := trace(t, dir, "--follow-denied", "http://a.test"+p+"/start")
 		want := []struct {
 			url     string
 			status  int

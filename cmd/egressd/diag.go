@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"net/url"
 	"strconv"
@@ -24,12 +25,13 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		"With --config (or the built-in config) it fetches from this machine, under the private-address guard;\n" +
 		"with --admin the running egressd traces. Exit status: 0 the whole chain is allowed and ends in an answer,\n" +
 		"1 a hop is denied, the chain loops, fails or is too long, 2 usage or config error"
-	fs := newFlagSet("trace", "[--config FILE | --admin URL] [--json] [--max-hops N] URL", summary, stderr)
+	fs := newFlagSet("trace", "[--config FILE | --admin URL] [--json] [--max-hops N] [--follow-denied] URL", summary, stderr)
 	cfgPath := configFlag(fs)
 	af := addAdminFlags(fs)
 	asJSON := fs.Bool("json", false, "print the trace as JSON")
 	maxHops := fs.Int("max-hops", diag.DefaultMaxHops, "follow at most `N` requests")
 	hopTimeout := fs.Duration("timeout", 10*time.Second, "time allowed for each hop")
+	followDenied := fs.Bool("follow-denied", false, "fetch hops the policy denies too (by default a trace stops at the first)")
 	pos, code, ok := parseFlags(fs, args)
 	if !ok {
 		return code
@@ -49,7 +51,11 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return exitUsage
 		}
 		tr = new(diag.Trace)
-		if err := c.get(ctx, "/v1/trace?url="+url.QueryEscape(pos[0]), tr); err != nil {
+		q := "/v1/trace?url=" + url.QueryEscape(pos[0])
+		if *followDenied {
+			q += "&follow_denied=true"
+		}
+		if err := c.get(ctx, q, tr); err != nil {
 			fmt.Fprintln(stderr, "egressd trace:", err)
 			return exitUsage
 		}
@@ -59,7 +65,7 @@ func runTrace(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			printProblems(stderr, err)
 			return exitUsage
 		}
-		tracer.MaxHops, tracer.HopTimeout = *maxHops, *hopTimeout
+		tracer.MaxHops, tracer.HopTimeout, tracer.FollowDenied = *maxHops, *hopTimeout, *followDenied
 		if tr, err = tracer.Trace(ctx, pos[0]); err != nil {
 			fmt.Fprintln(stderr, "egressd trace:", err)
 			return exitUsage
@@ -93,12 +99,17 @@ func localTracer(cfgPath string) (*diag.Tracer, error) {
 	}
 	m := res.Matcher
 	current := func() *policy.Matcher { return m }
-	return &diag.Tracer{
-		Policy: current,
-		Dial: dialer.New(dialer.Options{
-			Resolver: r, Guard: guard.New(allowPrivate(c)), Exempt: liveExemption(current), Timeout: c.Proxy.DialTimeout,
-		}).DialContext,
-	}, nil
+	d := dialer.New(dialer.Options{
+		Resolver: r, Guard: guard.New(allowPrivate(c)), Exempt: liveExemption(current), Timeout: c.Proxy.DialTimeout,
+	})
+	// The configured listeners are egressd's own, as they are to the proxy: a trace
+	// never fetches from them.
+	for _, addr := range []string{c.Proxy.Listen, c.Metrics.Listen, c.Admin.Listen, c.DNS.Listen} {
+		if tcp, err := net.ResolveTCPAddr("tcp", addr); err == nil && addr != "" {
+			d.AddOwn(tcp)
+		}
+	}
+	return &diag.Tracer{Policy: current, Dial: d.DialContext}, nil
 }
 
 func printTrace(w io.Writer, tr *diag.Trace) {
@@ -129,6 +140,8 @@ func printTrace(w io.Writer, tr *diag.Trace) {
 		fmt.Fprintf(w, "end: an answer that is not a redirect\n")
 	case "loop":
 		fmt.Fprintf(w, "end: the chain loops back to a URL it already requested\n")
+	case "denied":
+		fmt.Fprintf(w, "end: stopped at a denied hop, which was not fetched (--follow-denied fetches it)\n")
 	case "too many hops":
 		fmt.Fprintf(w, "end: more than %d hops\n", len(tr.Hops))
 	default:
