@@ -151,13 +151,6 @@ func New(opts Options) (*Scheduler, error) {
 	if err := s.loadState(); err != nil {
 		return nil, err
 	}
-	if opts.StateFile != "" {
-		// What a write killed midway left beside the state file (one scheduler runs
-		// on a state file, so no write of another is under way).
-		if n := atomicfile.RemoveStale(opts.StateFile); n > 0 {
-			s.log.Info("removed temporary files of interrupted writes", "file", opts.StateFile, "removed", n)
-		}
-	}
 	return s, nil
 }
 
@@ -468,6 +461,18 @@ func (s *Scheduler) Run(ctx context.Context) {
 		case now := <-fire:
 			s.RunDue(now)
 		}
+	}
+}
+
+// RemoveStale removes what writes killed midway left beside the state file, so that
+// a crash loop cannot fill the volume: egressd serve calls it at start (one scheduler
+// runs on a state file, so no write of another is under way).
+func (s *Scheduler) RemoveStale() {
+	if s.opts.StateFile == "" {
+		return
+	}
+	if n := atomicfile.RemoveStale(s.opts.StateFile); n > 0 {
+		s.log.Info("removed temporary files of interrupted writes", "file", s.opts.StateFile, "removed", n)
 	}
 }
 

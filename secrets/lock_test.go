@@ -68,7 +68,7 @@ func TestAbandonedWriteNotApplied(t *testing.T) {
 	}
 }
 
-// TestStaleTemporariesRemoved: the copies a kill -9 left beside the store go at Open.
+// TestStaleTemporariesRemoved: the copies a kill -9 left beside the store go.
 func TestStaleTemporariesRemoved(t *testing.T) {
 	_, path, key := newStore(t, nil)
 	dir := filepath.Dir(path)
@@ -76,9 +76,11 @@ func TestStaleTemporariesRemoved(t *testing.T) {
 		os.WriteFile(filepath.Join(dir, name), []byte("sealed copy"), 0o600)
 	}
 	os.WriteFile(filepath.Join(dir, ".other.tmp-1"), []byte("not ours"), 0o600)
-	if _, err := Open(Options{File: path, Key: key}); err != nil {
+	s, err := Open(Options{File: path, Key: key})
+	if err != nil {
 		t.Fatal(err)
 	}
+	s.RemoveStale()
 	left, _ := filepath.Glob(filepath.Join(dir, ".*.tmp-*"))
 	if len(left) != 1 || filepath.Base(left[0]) != ".other.tmp-1" {
 		t.Errorf("temporaries after Open: %v; want only .other.tmp-1", left)

@@ -158,7 +158,6 @@ func Open(opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("secrets file %s: %w", opts.File, err)
 	}
-	s.removeStale()
 	var err error
 	if s.ops, err = newMetrics(opts.Registerer, s); err != nil {
 		return nil, err
@@ -166,10 +165,11 @@ func Open(opts Options) (*Store, error) {
 	return s, nil
 }
 
-// removeStale removes the temporary copies that a write killed midway (kill -9)
-// leaves behind, under the file lock, so that a crash loop cannot fill the volume.
-// A lock it cannot have at once is left for the next start.
-func (s *Store) removeStale() {
+// RemoveStale removes the temporary copies that a write killed midway (kill -9)
+// leaves behind, under the file lock, so that a crash loop cannot fill the volume:
+// egressd serve calls it at start. A lock it cannot have within a second is left for
+// the next start.
+func (s *Store) RemoveStale() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	lk, err := lockFile(ctx, s.path+".lock")

@@ -21,6 +21,9 @@ func configFlag(fs *flag.FlagSet) *string {
 func loadConfig(path string) (*config.Config, policy.FS, error) {
 	if path == "" {
 		c, err := config.LoadFS(configs.FS, configs.DefaultFile)
+		if c != nil {
+			c.Builtin = true
+		}
 		return c, configs.FS, err
 	}
 	c, err := config.LoadFile(path)

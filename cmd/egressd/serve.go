@@ -15,19 +15,14 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/egressd/egressd/admin"
 	"github.com/egressd/egressd/diag"
-	"github.com/egressd/egressd/dialer"
 	"github.com/egressd/egressd/dnsserver"
-	"github.com/egressd/egressd/guard"
 	"github.com/egressd/egressd/internal/config"
-	"github.com/egressd/egressd/internal/reload"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/proxy"
-	"github.com/egressd/egressd/resolver"
 	"github.com/egressd/egressd/scheduler"
 	"github.com/egressd/egressd/secrets"
 )
@@ -41,171 +36,150 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	logOut := newBatchWriter(stderr)
 	defer logOut.Close()
 	log := newLogger(c, logOut)
-	if err := serve(ctx, c, fsys, log); err != nil {
+	if c.Builtin {
+		log.Info("no --config given: running on the built-in configuration", "config", c.File)
+	}
+	a, err := newApp(c, fsys, log)
+	if err != nil {
+		log.Error("egressd not started", "error", err)
+		return exitFail
+	}
+	if err := a.serve(ctx); err != nil {
 		log.Error("egressd stopped", "error", err)
 		return exitFail
 	}
 	return exitOK
 }
 
-// serve runs egressd on c until ctx is done, then shuts down gracefully.
-func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logger) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+// listeners are the app's sockets; close closes every one opened.
+type listeners struct {
+	proxy, metrics, admin net.Listener
+	dnsUDP                net.PacketConn
+	dnsTCP                net.Listener
+}
 
-	res, err := newResolver(c, &resolver.Options{Logger: log, Registerer: reg})
-	if err != nil {
-		return err
-	}
-	// One dialer for the proxy, trace and the DNS listener: they agree on what is
-	// reachable. Its exemptions are the IP and CIDR rules of the policy in force.
-	var p *proxy.Proxy
-	dial := dialer.New(dialer.Options{
-		Resolver: res,
-		Guard:    guard.New(allowPrivate(c)),
-		Exempt:   liveExemption(func() *policy.Matcher { return p.Policy() }),
-		Timeout:  c.Proxy.DialTimeout,
-	})
-	// A secrets file that does not open (wrong key, tampered, truncated) stops egressd
-	// here, before any listener, and is left as it is.
-	store, runtimeAPI, err := openSecrets(c, log, reg)
-	if err != nil {
-		return err
-	}
-	sched, err := openScheduler(c, log, reg)
-	if err != nil {
-		return err
-	}
-	denials := diag.NewDenials(c.Admin.DenialTargets)
-	p, err = proxy.New(proxy.Options{
-		Denials:                denials,
-		LocalHandler:           runtimeAPI,
-		Dialer:                 dial,
-		Report:                 c.Mode == config.ModeReport,
-		IdleTimeout:            c.Proxy.IdleTimeout,
-		ReadHeaderTimeout:      c.Proxy.ReadHeaderTimeout,
-		MaxHeaderBytes:         c.Proxy.MaxHeaderBytes,
-		MaxResponseHeaderBytes: c.Proxy.MaxResponseHeaderBytes,
-		ResponseHeaderTimeout:  c.Proxy.ResponseHeaderTimeout,
-		MaxConnections:         c.Proxy.MaxConnections,
-		HalfCloseTimeout:       c.Proxy.HalfCloseTimeout,
-		CloseRevokedTunnels:    *c.Proxy.CloseRevokedTunnels,
-		Logger:                 log,
-		Registerer:             reg,
-	})
-	if err != nil {
-		return err
-	}
-	reloader, err := reload.New(reload.Options{
-		FS:         fsys,
-		Paths:      c.Allowlist,
-		Policy:     policyOptions(c),
-		Apply:      p.SetPolicy,
-		Logger:     log,
-		Registerer: reg,
-	})
-	if err != nil {
-		return err
-	}
-	if err := reloader.Load(); err != nil {
-		return errors.New("the allowlist has errors; nothing was started (run 'egressd check' for the list)")
-	}
-
-	// Without a token file there is no admin API; with an unreadable one, no egressd.
-	adminToken := ""
-	if c.Admin.TokenFile != "" {
-		if adminToken, err = admin.ReadToken(c.Admin.TokenFile); err != nil {
-			return err
+func (l *listeners) close() {
+	for _, c := range []io.Closer{l.proxy, l.metrics, l.admin, l.dnsUDP, l.dnsTCP} {
+		if c != nil {
+			c.Close()
 		}
 	}
+}
 
-	proxyLn, err := proxy.Listen(c.Proxy.Listen)
-	if err != nil {
-		return fmt.Errorf("proxy listener: %w", err)
+// listen opens the app's listeners; on an error it closes those it opened.
+func (a *app) listen() (l *listeners, err error) {
+	c := a.c
+	l = &listeners{}
+	defer func() {
+		if err != nil {
+			l.close()
+		}
+	}()
+	if l.proxy, err = proxy.Listen(c.Proxy.Listen); err != nil {
+		return nil, fmt.Errorf("proxy listener: %w", err)
 	}
-	metricsLn, err := net.Listen("tcp", c.Metrics.Listen)
-	if err != nil {
-		proxyLn.Close()
-		return fmt.Errorf("metrics listener: %w", err)
+	if l.metrics, err = net.Listen("tcp", c.Metrics.Listen); err != nil {
+		return nil, fmt.Errorf("metrics listener: %w", err)
 	}
-	p.ProtectListener(metricsLn.Addr())
+	if c.DNS.Listen != "" {
+		if l.dnsUDP, l.dnsTCP, err = dnsserver.Listen(c.DNS.Listen); err != nil {
+			return nil, fmt.Errorf("dns listener: %w", err)
+		}
+	}
+	if a.adminToken != "" {
+		if l.admin, err = net.Listen("tcp", c.Admin.Listen); err != nil {
+			return nil, fmt.Errorf("admin listener: %w", err)
+		}
+	}
+	return l, nil
+}
+
+// serve runs the app until ctx is done, then shuts down gracefully.
+func (a *app) serve(ctx context.Context) error {
+	c, log, p := a.c, a.log, a.proxy
+	l, err := a.listen()
+	if err != nil {
+		return err
+	}
+	defer l.close()
+	// Nothing is ever proxied to egressd's own listeners.
+	for _, ln := range []net.Listener{l.metrics, l.admin, l.dnsTCP} {
+		if ln != nil {
+			p.ProtectListener(ln.Addr())
+		}
+	}
+	if a.store != nil {
+		a.store.RemoveStale()
+	}
+	if a.sched != nil {
+		a.sched.RemoveStale()
+	}
+
 	var dnsSrv *dnsserver.Server
 	dnsAddr := ""
-	if c.DNS.Listen != "" {
-		pc, ln, err := dnsserver.Listen(c.DNS.Listen)
-		if err != nil {
-			proxyLn.Close()
-			metricsLn.Close()
-			return fmt.Errorf("dns listener: %w", err)
-		}
+	if l.dnsUDP != nil {
 		dnsSrv, err = dnsserver.New(dnsserver.Options{
-			Policy: p, Resolver: res, Guard: dial,
-			NXDomain: c.DNS.Refuse == "nxdomain", Logger: log, Registerer: reg,
+			Policy: p, Resolver: a.res, Guard: a.dial,
+			NXDomain: c.DNS.Refuse == "nxdomain", Logger: log, Registerer: a.reg,
 		})
 		if err != nil {
 			return err
 		}
-		p.ProtectListener(ln.Addr())
-		dnsAddr = pc.LocalAddr().String()
+		dnsAddr = l.dnsUDP.LocalAddr().String()
 		go func() {
-			if err := dnsSrv.Serve(pc, ln); err != nil {
+			if err := dnsSrv.Serve(l.dnsUDP, l.dnsTCP); err != nil {
 				log.Error("dns listener stopped", "error", err)
 			}
 		}()
 	}
 	var adminSrv *http.Server
 	adminAddr := ""
-	if adminToken != "" {
-		tracer := &diag.Tracer{
-			Policy: p.Policy,
-			Dial:   dial.DialContext,
-		}
-		h, err := adminHandler(adminToken, tracer, denials, reloader, p)
+	if l.admin != nil {
+		tracer := &diag.Tracer{Policy: p.Policy, Dial: a.dial.DialContext}
+		h, err := adminHandler(a.adminToken, tracer, a.denials, a.reloader, p)
 		if err != nil {
 			return err
 		}
-		if store != nil {
-			secrets.AdminRoutes(store, h.Handle)
+		if a.store != nil {
+			secrets.AdminRoutes(a.store, h.Handle)
 		}
-		if sched != nil {
-			scheduler.AdminRoutes(sched, h.Handle)
+		if a.sched != nil {
+			scheduler.AdminRoutes(a.sched, h.Handle)
+		} else {
+			h.Handle("/v1/schedules", schedulerOff(c))
+			h.Handle("/v1/schedules/", schedulerOff(c))
 		}
-		ln, err := net.Listen("tcp", c.Admin.Listen)
-		if err != nil {
-			return fmt.Errorf("admin listener: %w", err)
-		}
-		p.ProtectListener(ln.Addr())
-		adminAddr = ln.Addr().String()
+		adminAddr = l.admin.Addr().String()
 		adminSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 		go func() {
-			if err := ignoreClosed(adminSrv.Serve(ln)); err != nil {
+			if err := ignoreClosed(adminSrv.Serve(l.admin)); err != nil {
 				log.Error("admin listener stopped", "error", err)
 			}
 		}()
 	}
 	metricsSrv := &http.Server{
-		Handler:           metricsMux(reg, p),
+		Handler:           metricsMux(a.reg, p),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 
 	errc := make(chan error, 3)
-	go func() { errc <- ignoreClosed(p.Serve(proxyLn)) }()
-	go func() { errc <- ignoreClosed(metricsSrv.Serve(metricsLn)) }()
+	go func() { errc <- ignoreClosed(p.Serve(l.proxy)) }()
+	go func() { errc <- ignoreClosed(metricsSrv.Serve(l.metrics)) }()
 
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	if _, onDisk := fsys.(policy.OSFiles); onDisk {
+	if _, onDisk := a.fsys.(policy.OSFiles); onDisk {
 		go func() {
-			if err := reloader.Watch(watchCtx); err != nil {
+			if err := a.reloader.Watch(watchCtx); err != nil {
 				log.Error("allowlist watcher stopped; edits need SIGHUP", "error", err)
 			}
 		}()
 	}
 	schedDone := make(chan struct{})
-	if sched != nil {
+	if a.sched != nil {
 		go func() {
-			runScheduler(watchCtx, sched, c.Scheduler.FunctionsFile, log)
+			runScheduler(watchCtx, a.sched, c.Scheduler.FunctionsFile, log)
 			close(schedDone)
 		}()
 	} else {
@@ -215,8 +189,8 @@ func serve(ctx context.Context, c *config.Config, fsys policy.FS, log *slog.Logg
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	log.Info("egressd started", "version", versionString(), "mode", string(c.Mode), "dns", res.Upstreams(),
-		"proxy", proxyLn.Addr().String(), "metrics", metricsLn.Addr().String(), "dns_listener", dnsAddr, "admin", adminAddr, "config", c.File)
+	log.Info("egressd started", "version", versionString(), "mode", string(c.Mode), "dns", a.res.Upstreams(),
+		"proxy", l.proxy.Addr().String(), "metrics", l.metrics.Addr().String(), "dns_listener", dnsAddr, "admin", adminAddr, "config", c.File)
 
 	var runErr error
 loop:
@@ -226,7 +200,7 @@ loop:
 			break loop
 		case <-hup:
 			log.Info("reload requested", "signal", "SIGHUP")
-			_ = reloader.Load()
+			_ = a.reloader.Load()
 		case runErr = <-errc:
 			if runErr != nil {
 				break loop
@@ -253,9 +227,9 @@ loop:
 		select {
 		case <-schedDone:
 		case <-drainCtx.Done():
-			if sched != nil {
+			if a.sched != nil {
 				log.Warn("scheduled runs still going at the end of the drain time; canceled")
-				sched.CancelRuns()
+				a.sched.CancelRuns()
 			}
 			<-schedDone
 		}
@@ -270,6 +244,18 @@ loop:
 	}
 	log.Info("egressd stopped")
 	return runErr
+}
+
+// schedulerOff answers the schedule endpoints of an egressd that runs no scheduler,
+// so that the CLI can say so instead of printing a bare 404.
+func schedulerOff(c *config.Config) http.Handler {
+	why := "this egressd runs no scheduler: scheduler.functions_file is not set"
+	if !*c.Scheduler.Enabled {
+		why = "this egressd runs no scheduler: scheduler.enabled is false (it runs on one replica only)"
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		admin.WriteError(w, http.StatusNotFound, why)
+	})
 }
 
 func ignoreClosed(err error) error {

@@ -61,6 +61,8 @@ type Config struct {
 
 	// File is the path the config was read from; it is not a YAML key.
 	File string `yaml:"-"`
+	// Builtin is set for the configuration built into the binary.
+	Builtin bool `yaml:"-"`
 }
 
 // Proxy configures the forward proxy.

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sys/unix"
+
+	"github.com/egressd/egressd/admin"
+	"github.com/egressd/egressd/diag"
+	"github.com/egressd/egressd/dialer"
+	"github.com/egressd/egressd/guard"
+	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/reload"
+	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/proxy"
+	"github.com/egressd/egressd/resolver"
+	"github.com/egressd/egressd/scheduler"
+	"github.com/egressd/egressd/secrets"
+)
+
+// app is egressd put together from its config, before any port is opened: every
+// file read, every key checked, the policy loaded. serve runs it; check builds it and
+// stops there, so that check fails exactly when serve would refuse to start (ports
+// in use aside). Building it writes nothing.
+type app struct {
+	c          *config.Config
+	fsys       policy.FS // where the allowlist paths are read
+	log        *slog.Logger
+	reg        *prometheus.Registry
+	res        *resolver.Resolver
+	dial       *dialer.Dialer
+	store      *secrets.Store // nil without secrets.file
+	runtimeAPI http.Handler
+	sched      *scheduler.Scheduler // nil without a scheduler
+	denials    *diag.Denials
+	proxy      *proxy.Proxy
+	reloader   *reload.Reloader
+	adminToken string // empty: no admin API
+}
+
+// newApp builds the app. Each step is a constructor; the first that fails ends it.
+func newApp(c *config.Config, fsys policy.FS, log *slog.Logger) (*app, error) {
+	a := &app{c: c, fsys: fsys, log: log, reg: prometheus.NewRegistry()}
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var err error
+	if a.res, err = newResolver(c, &resolver.Options{Logger: log, Registerer: a.reg}); err != nil {
+		return nil, err
+	}
+	// One dialer for the proxy, trace and the DNS listener: they agree on what is
+	// reachable. Its exemptions are the IP and CIDR rules of the policy in force.
+	a.dial = dialer.New(dialer.Options{
+		Resolver: a.res,
+		Guard:    guard.New(allowPrivate(c)),
+		Exempt:   liveExemption(func() *policy.Matcher { return a.proxy.Policy() }),
+		Timeout:  c.Proxy.DialTimeout,
+	})
+	for _, step := range []func() error{a.openSecrets, a.openScheduler, a.newProxy, a.loadPolicy, a.readAdminToken} {
+		if err := step(); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+// openSecrets opens the store: a file that does not open (wrong key, tampered,
+// truncated) stops egressd here, and is left as it is.
+func (a *app) openSecrets() error {
+	if a.c.Secrets.File != "" {
+		if err := writableDir("secrets.file", a.c.Secrets.File); err != nil {
+			return err
+		}
+	}
+	var err error
+	a.store, a.runtimeAPI, err = openSecrets(a.c, a.log, a.reg)
+	return err
+}
+
+func (a *app) openScheduler() error {
+	if *a.c.Scheduler.Enabled && a.c.Scheduler.StateFile != "" {
+		if err := writableDir("scheduler.state_file", a.c.Scheduler.StateFile); err != nil {
+			return err
+		}
+	}
+	var err error
+	a.sched, err = openScheduler(a.c, a.log, a.reg)
+	return err
+}
+
+func (a *app) newProxy() error {
+	c := a.c
+	a.denials = diag.NewDenials(c.Admin.DenialTargets)
+	var err error
+	a.proxy, err = proxy.New(proxy.Options{
+		Denials:                a.denials,
+		LocalHandler:           a.runtimeAPI,
+		Dialer:                 a.dial,
+		Report:                 c.Mode == config.ModeReport,
+		IdleTimeout:            c.Proxy.IdleTimeout,
+		ReadHeaderTimeout:      c.Proxy.ReadHeaderTimeout,
+		MaxHeaderBytes:         c.Proxy.MaxHeaderBytes,
+		MaxResponseHeaderBytes: c.Proxy.MaxResponseHeaderBytes,
+		ResponseHeaderTimeout:  c.Proxy.ResponseHeaderTimeout,
+		MaxConnections:         c.Proxy.MaxConnections,
+		HalfCloseTimeout:       c.Proxy.HalfCloseTimeout,
+		CloseRevokedTunnels:    *c.Proxy.CloseRevokedTunnels,
+		Logger:                 a.log,
+		Registerer:             a.reg,
+	})
+	return err
+}
+
+func (a *app) loadPolicy() error {
+	var err error
+	a.reloader, err = reload.New(reload.Options{
+		FS:         a.fsys,
+		Paths:      a.c.Allowlist,
+		Policy:     policyOptions(a.c),
+		Apply:      a.proxy.SetPolicy,
+		Logger:     a.log,
+		Registerer: a.reg,
+	})
+	if err != nil {
+		return err
+	}
+	if err := a.reloader.Load(); err != nil {
+		return errAllowlist{err}
+	}
+	return nil
+}
+
+// errAllowlist is a policy that does not load: its problems, each file:line.
+type errAllowlist struct{ err error }
+
+func (e errAllowlist) Error() string {
+	return "the allowlist has errors; nothing was started:\n" + e.err.Error()
+}
+
+func (e errAllowlist) Unwrap() error { return e.err }
+
+// readAdminToken: without a token file there is no admin API; with an unreadable
+// or empty one, no egressd.
+func (a *app) readAdminToken() error {
+	if a.c.Admin.TokenFile == "" {
+		return nil
+	}
+	var err error
+	a.adminToken, err = admin.ReadToken(a.c.Admin.TokenFile)
+	return err
+}
+
+// writableDir checks that the directory of a file egressd writes is writable: the
+// writes go through a temporary file beside it.
+func writableDir(key, file string) error {
+	dir := filepath.Dir(file)
+	if err := unix.Access(dir, unix.W_OK); err != nil {
+		return fmt.Errorf("%s: the directory %s is not writable (%v); egressd writes %s through a temporary file beside it",
+			key, dir, err, filepath.Base(file))
+	}
+	return nil
+}
