@@ -56,7 +56,14 @@ func parseExplainTarget(s string) (string, uint16, error) {
 		if err != nil {
 			return "", 0, fmt.Errorf("invalid URL %q: %v", s, err)
 		}
+		if u.Hostname() == "" {
+			return "", 0, fmt.Errorf("the URL %q has no host; write a URL such as https://api.example.com/", s)
+		}
 		return policy.URLTarget(u)
 	}
-	return policy.SplitTarget(s, 443)
+	host, port, err := policy.SplitTarget(s, 443)
+	if err == nil && host == "" {
+		err = fmt.Errorf("%q has no host; write a target such as api.example.com:443", s)
+	}
+	return host, port, err
 }

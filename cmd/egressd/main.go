@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"syscall"
 )
 
@@ -87,8 +88,13 @@ func newFlagSet(name, args, summary string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: egressd %s %s\n\n%s.\n\nFlags:\n", name, args, summary)
-		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "Usage: %s\n\n%s.\n", strings.TrimSpace("egressd "+name+" "+args), summary)
+		hasFlags := false
+		fs.VisitAll(func(*flag.Flag) { hasFlags = true })
+		if hasFlags {
+			fmt.Fprintf(stderr, "\nFlags:\n")
+			fs.PrintDefaults()
+		}
 	}
 	return fs
 }
@@ -115,8 +121,13 @@ func parseFlags(fs *flag.FlagSet, args []string) (positional []string, code int,
 
 func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("version", "", "print the version", stderr)
-	if _, code, ok := parseFlags(fs, args); !ok {
+	pos, code, ok := parseFlags(fs, args)
+	if !ok {
 		return code
+	}
+	if len(pos) > 0 {
+		fmt.Fprintf(stderr, "egressd version: unexpected argument %q\n", pos[0])
+		return exitUsage
 	}
 	fmt.Fprintf(stdout, "egressd %s (%s)\n", versionString(), runtime.Version())
 	return exitOK

@@ -125,3 +125,58 @@ func TestCheckAgreesWithServe(t *testing.T) {
 		})
 	}
 }
+
+// TestRunExitCodes: the exit codes the README's table gives, and what each says.
+func TestRunExitCodes(t *testing.T) {
+	t.Setenv("EGRESSD_ADMIN_TOKEN", "")
+	t.Setenv("EGRESSD_SECRETS_KEY", "")
+	tests := []struct {
+		args       []string
+		code       int
+		stdoutHas  string
+		stderrHas  string
+		stderrLack string
+	}{
+		{[]string{"--help"}, 0, "Usage:", "", ""},
+		{[]string{"nope"}, 2, "", `unknown command "nope"`, ""},
+		{[]string{"version"}, 0, "egressd ", "", ""},
+		{[]string{"version", "--help"}, 0, "", "Usage: egressd version\n\nprint the version.\n", "Flags:"},
+		{[]string{"version", "extra"}, 2, "", `unexpected argument "extra"`, ""},
+		{[]string{"check", "extra"}, 2, "", `unexpected argument "extra"`, ""},
+		{[]string{"check", "--config", "/nonexistent/egressd.yaml"}, 1, "", "no such file or directory", ""},
+		{[]string{"explain"}, 2, "", "give exactly one target", ""},
+		{[]string{"explain", "http://"}, 2, "", "has no host", ""},
+		{[]string{"explain", ":443"}, 2, "", "has no host", ""},
+		{[]string{"explain", "ftp://api.github.com/"}, 2, "", "unsupported scheme", ""},
+		{[]string{"explain", "api.github.com"}, 0, "allowed: api.github.com:443", "", ""},
+		{[]string{"explain", "www.github.com"}, 1, "denied: www.github.com:443: not on the allowlist", "", ""},
+		{[]string{"explain", "--config", "/nonexistent/egressd.yaml", "x.com"}, 2, "", "no such file", ""},
+		{[]string{"trace"}, 2, "", "give one URL", ""},
+		{[]string{"trace", "--max-hops", "0", "http://x.invalid/"}, 2, "", "give one URL", ""},
+		{[]string{"denials"}, 2, "", "no admin token", ""},
+		{[]string{"denials", "extra"}, 2, "", `unexpected argument "extra"`, ""},
+		{[]string{"schedules", "list"}, 2, "", "no admin token", ""},
+		{[]string{"schedules", "delete"}, 2, "", "", ""},
+		{[]string{"secrets", "list"}, 2, "", "no admin token", ""},
+		{[]string{"secrets", "init"}, 2, "", "give --file and --key-file", ""},
+		{[]string{"secrets", "bogus"}, 2, "", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := run(context.Background(), tt.args, &out, &errOut)
+			if code != tt.code {
+				t.Errorf("exit %d; want %d\nstdout: %s\nstderr: %s", code, tt.code, out.String(), errOut.String())
+			}
+			if !strings.Contains(out.String(), tt.stdoutHas) {
+				t.Errorf("stdout %q lacks %q", out.String(), tt.stdoutHas)
+			}
+			if !strings.Contains(errOut.String(), tt.stderrHas) {
+				t.Errorf("stderr %q lacks %q", errOut.String(), tt.stderrHas)
+			}
+			if tt.stderrLack != "" && strings.Contains(errOut.String(), tt.stderrLack) {
+				t.Errorf("stderr %q has %q", errOut.String(), tt.stderrLack)
+			}
+		})
+	}
+}

@@ -20,7 +20,7 @@ const secretsUsage = `Usage: egressd secrets COMMAND [flags]
 
 Commands:
   list [--all] [--json]          keys, versions and times (never values); --all shows default secrets
-  create KEY                     create a secret; the value is read from standard input
+  create KEY [--allow-empty]     create a secret; the value is read from standard input (empty: refused)
   delete KEY                     delete a secret; functions get 404 from then on
   init --file F --key-file K [--defaults FILE]
                                  create a new key file and an empty store (optionally seeded)
@@ -46,6 +46,7 @@ func runSecrets(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	asJSON := fs.Bool("json", false, "list: print JSON")
 	defaults := fs.String("defaults", "", "init: seed the store with the key: value pairs of this YAML or JSON `file`")
 	newKeyFile := fs.String("new-key-file", "", "rotate-key: where to write the new key (must not exist)")
+	allowEmpty := fs.Bool("allow-empty", false, "create: accept an empty value")
 	pos, code, ok := parseFlags(fs, args)
 	if !ok {
 		return code
@@ -79,6 +80,9 @@ func runSecrets(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			return fail(err)
 		}
 		value = strings.TrimSuffix(strings.TrimSuffix(string(data), "\n"), "\r")
+		if value == "" && !*allowEmpty {
+			return usage("the value on standard input is empty; pipe it in (echo -n \"$TOKEN\" | egressd secrets create KEY), or pass --allow-empty to store an empty secret")
+		}
 	}
 
 	if *file != "" {
