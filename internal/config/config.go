@@ -18,6 +18,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -285,23 +286,35 @@ func unwrapPath(err error) error {
 }
 
 // parse decodes and validates config data read from file name; resolve turns an
-// allowlist path as written into one the policy loader can open.
+// allowlist path as written into one the policy loader can open. Every problem of the
+// file comes in one error, in line order: a key of the wrong type does not hide a bad
+// value elsewhere. Only a syntax error, after which nothing can be read, comes alone.
 func parse(name string, data []byte, resolve func(string) string) (*Config, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, yamlError(name, err)
+		return nil, yamlError(name, data, err)
 	}
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
+	var ps Problems
 	// An empty file decodes as io.EOF: all defaults, and validate asks for an allowlist.
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return nil, yamlError(name, err)
+		var te *yaml.TypeError
+		if !errors.As(err, &te) || !decodedTheRest(te) {
+			return nil, yamlError(name, data, err)
+		}
+		// What decoded is in c; the keys that did not are these problems.
+		ps = append(ps, yamlError(name, data, err).(Problems)...)
 	}
 	c.File = name
 	c.applyDefaults()
 	if err := c.validate(&root); err != nil {
-		return nil, err
+		ps = append(ps, err.(Problems)...)
+	}
+	if len(ps) > 0 {
+		sortByLine(ps)
+		return nil, ps
 	}
 	for i, p := range c.Allowlist {
 		c.Allowlist[i] = resolve(p)
@@ -309,20 +322,50 @@ func parse(name string, data []byte, resolve func(string) string) (*Config, erro
 	return &c, nil
 }
 
+// decodedTheRest reports whether yaml.v3 went on decoding past every error of te:
+// it does for unknown keys and values of the wrong type, not for a duplicate key.
+func decodedTheRest(te *yaml.TypeError) bool {
+	for _, m := range te.Errors {
+		rest := m
+		if sm := lineRE.FindStringSubmatch(m); sm != nil {
+			rest = sm[2]
+		}
+		if !unknownFieldRE.MatchString(rest) && !cannotRE.MatchString(rest) {
+			return false
+		}
+	}
+	return true
+}
+
 // Problems is every error found in one config file.
 type Problems []string
 
 func (p Problems) Error() string { return strings.Join(p, "\n") }
 
+// sortByLine orders "file:line: ..." problems by line, keeping the order of those on
+// one line.
+func sortByLine(ps Problems) {
+	line := func(p string) int {
+		if m := problemLineRE.FindStringSubmatch(p); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			return n
+		}
+		return 0
+	}
+	sort.SliceStable(ps, func(i, j int) bool { return line(ps[i]) < line(ps[j]) })
+}
+
 var (
+	problemLineRE  = regexp.MustCompile(`^[^\n]*?:(\d+): `)
 	lineRE         = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
 	unknownFieldRE = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
 	cannotRE       = regexp.MustCompile("^cannot unmarshal !!(\\w+) `(.*)` into (\\S+)$")
 )
 
 // yamlError rewrites yaml.v3's messages ("line 3: field foo not found in type
-// config.Proxy") into file:line messages that say what to do.
-func yamlError(file string, err error) error {
+// config.Proxy") into file:line messages that say what to do. data is the file, for
+// the one message whose line yaml.v3 gets wrong.
+func yamlError(file string, data []byte, err error) error {
 	var msgs []string
 	var te *yaml.TypeError
 	if errors.As(err, &te) {
@@ -336,10 +379,18 @@ func yamlError(file string, err error) error {
 		if sm := lineRE.FindStringSubmatch(m); sm != nil {
 			line, rest = sm[1], sm[2]
 		}
-		if sm := unknownFieldRE.FindStringSubmatch(rest); sm != nil {
+		switch sm := unknownFieldRE.FindStringSubmatch(rest); {
+		case sm != nil:
 			rest = fmt.Sprintf("unknown key %q; check its spelling and indentation against the README's configuration reference", sm[1])
-		} else if sm := cannotRE.FindStringSubmatch(rest); sm != nil {
+		case cannotRE.MatchString(rest):
+			sm := cannotRE.FindStringSubmatch(rest)
 			rest = fmt.Sprintf("%q is not a valid %s", sm[2], goTypeName(sm[3]))
+		case rest == "did not find expected key" && line != "":
+			// yaml.v3 names the line of the last key it read; the line it could not
+			// place is the next one with content: usually a key indented wrongly.
+			n, _ := strconv.Atoi(line)
+			line = strconv.Itoa(nextContentLine(data, n))
+			rest = "this line's indentation matches no key above it; indent it as its siblings are (spaces, not tabs)"
 		}
 		if line != "" {
 			out = append(out, fmt.Sprintf("%s:%s: %s", file, line, rest))
@@ -348,6 +399,18 @@ func yamlError(file string, err error) error {
 		}
 	}
 	return out
+}
+
+// nextContentLine is the first line after line n (1-based) that is neither blank nor
+// a comment, or n if there is none.
+func nextContentLine(data []byte, n int) int {
+	lines := strings.Split(string(data), "\n")
+	for i := n; i < len(lines); i++ { // lines[i] is line i+1
+		if t := strings.TrimSpace(lines[i]); t != "" && !strings.HasPrefix(t, "#") {
+			return i + 1
+		}
+	}
+	return n
 }
 
 func goTypeName(t string) string {
