@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -18,20 +19,30 @@ import (
 )
 
 func main() {
-	listen := flag.String("listen", "127.0.0.1:18080", "address to serve on")
+	listen := flag.String("listen", "127.0.0.1:0", "address to serve on (port 0: a free one)")
+	addrFile := flag.String("addr-file", "", "write the address served on to this file once listening")
 	origin := flag.Bool("origin", false, "serve as the demo origin instead")
 	allowedURL := flag.String("allowed", "http://origin.demo.test:18081/", "an allowed URL to call")
 	deniedURL := flag.String("denied", "http://not-on-the-list.invalid/", "a URL off the allowlist")
 	flag.Parse()
 	log.SetFlags(0)
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if *addrFile != "" {
+		if err := os.WriteFile(*addrFile, []byte(ln.Addr().String()), 0o644); err != nil {
+			log.Fatal(err)
+		}
+	}
 	if *origin {
-		log.Fatal(http.ListenAndServe(*listen, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		log.Fatal(http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(w, "hello from the origin (you asked for %s)\n", r.URL.Path)
 		})))
 	}
 	// Every call goes through HTTP_PROXY, as a function in a pod's would.
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: http.ProxyFromEnvironment}}
-	log.Fatal(http.ListenAndServe(*listen, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	log.Fatal(http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		payload, _ := io.ReadAll(r.Body)
 		out := &strings.Builder{}
 		fmt.Fprintf(out, "function: invoked by schedule %s for %s with %s\n",
