@@ -26,12 +26,19 @@ type object struct {
 		Template struct {
 			Metadata struct{ Annotations map[string]string }
 			Spec     struct {
-				Containers []container
-				Volumes    []struct {
+				SecurityContext struct {
+					RunAsUser  int `yaml:"runAsUser"`
+					RunAsGroup int `yaml:"runAsGroup"`
+					FSGroup    int `yaml:"fsGroup"`
+				} `yaml:"securityContext"`
+				InitContainers []container `yaml:"initContainers"`
+				Containers     []container
+				Volumes        []struct {
 					Name      string
 					ConfigMap *struct{ Name string } `yaml:"configMap"`
 					Secret    *struct {
-						SecretName string `yaml:"secretName"`
+						SecretName  string `yaml:"secretName"`
+						DefaultMode int    `yaml:"defaultMode"`
 					}
 					PVC *struct {
 						ClaimName string `yaml:"claimName"`
@@ -43,8 +50,9 @@ type object struct {
 }
 
 type container struct {
-	Name  string
-	Args  []string
+	Name          string
+	RestartPolicy string `yaml:"restartPolicy"`
+	Args          []string
 	Ports []struct {
 		Name          string
 		ContainerPort int `yaml:"containerPort"`
@@ -147,17 +155,40 @@ func TestKubernetesManifests(t *testing.T) {
 	if dep == nil {
 		t.Fatal("no Deployment")
 	}
+	pod := &dep.Spec.Template.Spec
 	var eg, fn *container
-	for i := range dep.Spec.Template.Spec.Containers {
-		switch dep.Spec.Template.Spec.Containers[i].Name {
-		case "egressd":
-			eg = &dep.Spec.Template.Spec.Containers[i]
-		case "function":
-			fn = &dep.Spec.Template.Spec.Containers[i]
+	for i := range pod.InitContainers {
+		if pod.InitContainers[i].Name == "egressd" {
+			eg = &pod.InitContainers[i]
+		}
+	}
+	for i := range pod.Containers {
+		if pod.Containers[i].Name == "function" {
+			fn = &pod.Containers[i]
 		}
 	}
 	if eg == nil || fn == nil {
-		t.Fatal("the Deployment needs a function and an egressd container")
+		t.Fatal("the Deployment needs a function container and egressd as an init container (a native sidecar)")
+	}
+	// A native sidecar: started before the function, stopped after it.
+	if eg.RestartPolicy != "Always" {
+		t.Errorf("egressd's restartPolicy = %q; want Always (a native sidecar, Kubernetes 1.29+)", eg.RestartPolicy)
+	}
+	// A fresh volume must not crash-loop egressd: the store is created there.
+	if c.Secrets.File != "" && !c.Secrets.CreateIfMissing {
+		t.Error("the config has a secrets file on a volume but not secrets.create_if_missing: a fresh volume would crash-loop egressd")
+	}
+	// egressd (non-root) reads its key and token through the pod's fsGroup: the
+	// Secret volumes must be group-readable and nothing more, and the fsGroup egressd's.
+	sc := pod.SecurityContext
+	if sc.FSGroup == 0 || sc.FSGroup != sc.RunAsGroup {
+		t.Errorf("pod fsGroup %d, runAsGroup %d; want them equal, so that egressd's group reads the Secrets", sc.FSGroup, sc.RunAsGroup)
+	}
+	for _, v := range pod.Volumes {
+		if v.Secret != nil && v.Secret.DefaultMode != 0o440 {
+			t.Errorf("Secret volume %s has defaultMode %04o; want 0440: egressd reads it through fsGroup, nobody else may",
+				v.Name, v.Secret.DefaultMode)
+		}
 	}
 
 	ports := map[string]int{}
@@ -199,7 +230,7 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 	}
 	// Every volume refers to an object the manifests define.
-	for _, v := range dep.Spec.Template.Spec.Volumes {
+	for _, v := range pod.Volumes {
 		switch {
 		case v.ConfigMap != nil && find(objs, "ConfigMap", v.ConfigMap.Name) == nil,
 			v.Secret != nil && find(objs, "Secret", v.Secret.SecretName) == nil,

@@ -340,3 +340,28 @@ func grepLines(text, substr string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestSecretsCreateIfMissing: on a fresh volume egressd creates the store and starts;
+// check approves the same config without creating anything.
+func TestSecretsCreateIfMissing(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if _, stderr, code := egressd(t, dir, "secrets", "init", "--file", filepath.Join(dir, "seed.enc"), "--key-file", filepath.Join(dir, "secrets.key")); code != 0 {
+		t.Fatalf("secrets init: %s", stderr)
+	}
+	store := filepath.Join(dir, "vol", "secrets.enc")
+	os.Mkdir(filepath.Join(dir, "vol"), 0o700)
+	extra := fmt.Sprintf("secrets:\n  file: %s\n  key_file: %s\n  create_if_missing: true\n", store, filepath.Join(dir, "secrets.key"))
+	cfgDir := writeConfig(t, daemonConfig{extra: extra})
+	if _, stderr, code := egressd(t, cfgDir, "check", "--config", "egressd.yaml"); code != 0 {
+		t.Fatalf("check of a config whose store will be created: exit %d: %s", code, stderr)
+	}
+	if _, err := os.Stat(store); err == nil {
+		t.Fatal("check created the store; it writes nothing")
+	}
+	d := startDaemon(t, daemonConfig{extra: extra})
+	d.waitLog("secrets file created empty", 5*time.Second)
+	if _, err := os.Stat(store); err != nil {
+		t.Fatalf("the store was not created: %v", err)
+	}
+}

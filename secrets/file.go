@@ -96,8 +96,8 @@ func ReadKeyFile(path string, warn func(msg string)) (Key, error) {
 	if err != nil {
 		return Key{}, fmt.Errorf("key file: %w", err)
 	}
-	if fi.Mode().Perm()&0o077 != 0 && warn != nil {
-		warn(fmt.Sprintf("key file %s has mode %04o; make it 0600 so that only egressd can read it", path, fi.Mode().Perm()))
+	if !keyModeOK(fi) && warn != nil {
+		warn(fmt.Sprintf("key file %s has mode %04o; make it 0600 (or 0440 with egressd's own group, as a Kubernetes Secret with fsGroup gives) so that only egressd can read it", path, fi.Mode().Perm()))
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -108,6 +108,21 @@ func ReadKeyFile(path string, warn func(msg string)) (Key, error) {
 		return Key{}, fmt.Errorf("key file %s: %w", path, err)
 	}
 	return k, nil
+}
+
+// keyModeOK reports whether only egressd can read a key file: no bits for others,
+// and group bits only for egressd's own group (a Kubernetes Secret mounted with
+// defaultMode 0440 and the pod's fsGroup, which is how a non-root container reads it).
+func keyModeOK(fi os.FileInfo) bool {
+	perm := fi.Mode().Perm()
+	if perm&0o007 != 0 {
+		return false
+	}
+	if perm&0o070 == 0 {
+		return true
+	}
+	gid, ok := fileGID(fi)
+	return ok && gid == os.Getegid()
 }
 
 // WriteKeyFile writes a new key file, mode 0600. It refuses to overwrite a file.

@@ -86,3 +86,39 @@ func TestStaleTemporariesRemoved(t *testing.T) {
 		t.Errorf("temporaries after Open: %v; want only .other.tmp-1", left)
 	}
 }
+
+// TestKeyFileModes: a key readable by others, or by a group that is not egressd's,
+// is warned about; 0600, and 0440 in egressd's own group, are not.
+func TestKeyFileModes(t *testing.T) {
+	k, _ := GenerateKey()
+	dir := t.TempDir()
+	tests := []struct {
+		mode os.FileMode
+		gid  int
+		warn bool
+	}{
+		{0o600, os.Getegid(), false},
+		{0o400, os.Getegid(), false},
+		{0o440, os.Getegid(), false},
+		{0o440, os.Getegid() + 1, true},
+		{0o644, os.Getegid(), true},
+		{0o604, os.Getegid(), true},
+	}
+	for i, tt := range tests {
+		path := filepath.Join(dir, "key"+string(rune('a'+i)))
+		if err := WriteKeyFile(path, k); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(path, os.Geteuid(), tt.gid); err != nil && tt.gid != os.Getegid() {
+			t.Skipf("cannot give a file another group here: %v", err)
+		}
+		os.Chmod(path, tt.mode)
+		warned := false
+		if _, err := ReadKeyFile(path, func(string) { warned = true }); err != nil {
+			t.Fatal(err)
+		}
+		if warned != tt.warn {
+			t.Errorf("mode %04o group %d: warned %v; want %v", tt.mode, tt.gid, warned, tt.warn)
+		}
+	}
+}

@@ -56,3 +56,11 @@ func inode(fi os.FileInfo) uint64 {
 	}
 	return 0
 }
+
+// fileGID returns a file's group.
+func fileGID(fi os.FileInfo) (int, bool) {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return int(st.Gid), true
+	}
+	return 0, false
+}

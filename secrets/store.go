@@ -106,7 +106,7 @@ type snapshot struct {
 // such). It refuses to overwrite an existing file.
 func Create(path string, key Key, defaults map[string]string, now time.Time) error {
 	if _, err := os.Stat(path); err == nil {
-		return fmt.Errorf("%s exists; egressd never overwrites a secrets file", path)
+		return existsError(path)
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
@@ -117,6 +117,10 @@ func Create(path string, key Key, defaults map[string]string, now time.Time) err
 		return fmt.Errorf("locking %s: %w", path+".lock", err)
 	}
 	defer lk.unlock()
+	// Again under the lock: two processes creating at once must not both write.
+	if _, err := os.Stat(path); err == nil {
+		return existsError(path)
+	}
 	atomicfile.RemoveStale(path)
 	p := &payload{Generation: 1, Secrets: map[string]record{}}
 	for k, v := range defaults {
@@ -131,6 +135,12 @@ func Create(path string, key Key, defaults map[string]string, now time.Time) err
 	}
 	return atomicfile.Write(path, data)
 }
+
+// existsError is Create's refusal to overwrite: errors.Is(err, fs.ErrExist) holds.
+type existsError string
+
+func (e existsError) Error() string        { return string(e) + " exists; egressd never overwrites a secrets file" }
+func (e existsError) Is(target error) bool { return target == fs.ErrExist }
 
 // Open reads and authenticates the store at opts.File. A missing, truncated,
 // tampered or foreign file is an error, and the file is left as it is.

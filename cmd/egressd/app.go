@@ -30,6 +30,9 @@ import (
 type app struct {
 	c          *config.Config
 	fsys       policy.FS // where the allowlist paths are read
+	// writes is set for serve: it may create what the config says to create at
+	// start (secrets.create_if_missing). check leaves it unset and writes nothing.
+	writes bool
 	log        *slog.Logger
 	reg        *prometheus.Registry
 	res        *resolver.Resolver
@@ -44,8 +47,8 @@ type app struct {
 }
 
 // newApp builds the app. Each step is a constructor; the first that fails ends it.
-func newApp(c *config.Config, fsys policy.FS, log *slog.Logger) (*app, error) {
-	a := &app{c: c, fsys: fsys, log: log, reg: prometheus.NewRegistry()}
+func newApp(c *config.Config, fsys policy.FS, log *slog.Logger, writes bool) (*app, error) {
+	a := &app{c: c, fsys: fsys, log: log, reg: prometheus.NewRegistry(), writes: writes}
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var err error
 	if a.res, err = newResolver(c, &resolver.Options{Logger: log, Registerer: a.reg}); err != nil {
@@ -76,7 +79,7 @@ func (a *app) openSecrets() error {
 		}
 	}
 	var err error
-	a.store, a.runtimeAPI, err = openSecrets(a.c, a.log, a.reg)
+	a.store, a.runtimeAPI, err = openSecrets(a.c, a.log, a.reg, a.writes)
 	return err
 }
 

@@ -20,7 +20,7 @@ func runCheck(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	a, err := newApp(c, fsys, slog.New(slog.DiscardHandler))
+	a, err := newApp(c, fsys, slog.New(slog.DiscardHandler), false)
 	if err != nil {
 		var problems policy.Problems
 		if errors.As(err, &problems) {

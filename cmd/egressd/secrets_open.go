@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"time"
 	"log/slog"
 	"net/http"
 	"os"
@@ -49,14 +51,27 @@ func secretsKeys(c *config.Config, log *slog.Logger) (secrets.Key, *secrets.Key,
 }
 
 // openSecrets opens the configured store and returns the runtime API for it; with no
-// store configured, both are nil.
-func openSecrets(c *config.Config, log *slog.Logger, reg prometheus.Registerer) (*secrets.Store, http.Handler, error) {
+// store configured, both are nil. With secrets.create_if_missing and create set, a
+// missing store is created empty first; without create (egressd check), a missing
+// store that would be created is not an error.
+func openSecrets(c *config.Config, log *slog.Logger, reg prometheus.Registerer, create bool) (*secrets.Store, http.Handler, error) {
 	if c.Secrets.File == "" {
 		return nil, nil, nil
 	}
 	key, prev, err := secretsKeys(c, log)
 	if err != nil {
 		return nil, nil, err
+	}
+	if c.Secrets.CreateIfMissing {
+		if _, err := os.Stat(c.Secrets.File); errors.Is(err, fs.ErrNotExist) {
+			if !create {
+				return nil, nil, nil // check: serve would create it
+			}
+			if err := secrets.Create(c.Secrets.File, key, nil, time.Now()); err != nil && !errors.Is(err, fs.ErrExist) {
+				return nil, nil, fmt.Errorf("creating the missing secrets file (secrets.create_if_missing): %w", err)
+			}
+			log.Info("secrets file created empty (secrets.create_if_missing)", "file", c.Secrets.File, "key_id", key.ID())
+		}
 	}
 	store, err := secrets.Open(secrets.Options{File: c.Secrets.File, Key: key, PreviousKey: prev, LockTimeout: c.Secrets.LockTimeout, Logger: log, Registerer: reg})
 	if err != nil {

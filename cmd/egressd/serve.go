@@ -39,7 +39,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if c.Builtin {
 		log.Info("no --config given: running on the built-in configuration", "config", c.File)
 	}
-	a, err := newApp(c, fsys, log)
+	a, err := newApp(c, fsys, log, true)
 	if err != nil {
 		log.Error("egressd not started", "error", err)
 		return exitFail

@@ -161,6 +161,10 @@ type Secrets struct {
 	// RuntimeTokenFile, if set, holds a token that functions must send as
 	// "Authorization: Bearer <token>" to the runtime API.
 	RuntimeTokenFile string `yaml:"runtime_token_file"`
+	// CreateIfMissing creates an empty store, sealed with the key, when File does not
+	// exist at start: for a fresh volume (a Kubernetes PersistentVolumeClaim), where
+	// no one has run 'egressd secrets init'. An existing file is never touched.
+	CreateIfMissing bool `yaml:"create_if_missing"`
 	// LockTimeout bounds a write's wait for the store's lock (held by another
 	// process, or another write); past it the write is refused with 503 and nothing
 	// is changed. If zero, 5s is used.
