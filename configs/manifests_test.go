@@ -53,7 +53,7 @@ type container struct {
 	Name          string
 	RestartPolicy string `yaml:"restartPolicy"`
 	Args          []string
-	Ports []struct {
+	Ports         []struct {
 		Name          string
 		ContainerPort int `yaml:"containerPort"`
 	}

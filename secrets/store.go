@@ -139,7 +139,9 @@ func Create(path string, key Key, defaults map[string]string, now time.Time) err
 // existsError is Create's refusal to overwrite: errors.Is(err, fs.ErrExist) holds.
 type existsError string
 
-func (e existsError) Error() string        { return string(e) + " exists; egressd never overwrites a secrets file" }
+func (e existsError) Error() string {
+	return string(e) + " exists; egressd never overwrites a secrets file"
+}
 func (e existsError) Is(target error) bool { return target == fs.ErrExist }
 
 // Open reads and authenticates the store at opts.File. A missing, truncated,

@@ -28,11 +28,11 @@ import (
 // stops there, so that check fails exactly when serve would refuse to start (ports
 // in use aside). Building it writes nothing.
 type app struct {
-	c          *config.Config
-	fsys       policy.FS // where the allowlist paths are read
+	c    *config.Config
+	fsys policy.FS // where the allowlist paths are read
 	// writes is set for serve: it may create what the config says to create at
 	// start (secrets.create_if_missing). check leaves it unset and writes nothing.
-	writes bool
+	writes     bool
 	log        *slog.Logger
 	reg        *prometheus.Registry
 	res        *resolver.Resolver
