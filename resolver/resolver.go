@@ -13,18 +13,21 @@
 package resolver
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
 )
 
 // Options configure a Resolver. Zero values are documented per field.
@@ -62,9 +65,14 @@ type Resolver struct {
 	metrics   *metrics
 	log       *slog.Logger
 
-	mu       sync.Mutex
-	cache    map[cacheKey]*entry
-	inflight map[cacheKey]*call
+	// queries shares one query between concurrent look-ups of a name and type.
+	queries singleflight.Group
+
+	mu    sync.Mutex
+	cache map[cacheKey]*list.Element // of *entry
+	// lru orders the cache, most recently used at the front: eviction takes the
+	// back, in constant time.
+	lru *list.List
 }
 
 type cacheKey struct {
@@ -73,14 +81,10 @@ type cacheKey struct {
 }
 
 type entry struct {
+	key     cacheKey
 	addrs   []netip.Addr
 	err     error // a negative answer: *NotFoundError
 	expires time.Time
-}
-
-type call struct {
-	done chan struct{}
-	e    *entry
 }
 
 // NotFoundError is a name with no address of the asked type (NXDOMAIN or NODATA).
@@ -125,8 +129,8 @@ func New(opts Options) (*Resolver, error) {
 		opts:     opts,
 		search:   conf,
 		log:      opts.Logger,
-		cache:    map[cacheKey]*entry{},
-		inflight: map[cacheKey]*call{},
+		cache:    map[cacheKey]*list.Element{},
+		lru:      list.New(),
 	}
 	for _, u := range opts.Upstreams {
 		r.upstreams = append(r.upstreams, withPort(u))
@@ -179,13 +183,27 @@ func (r *Resolver) LookupNetIP(ctx context.Context, network, host string) ([]net
 		qtypes = []uint16{dns.TypeA, dns.TypeAAAA}
 	}
 	for _, fqdn := range r.search.NameList(strings.ToLower(host)) {
+		// Both families at once: a cold dial waits for one round trip, not two.
+		waits := make([]<-chan singleflight.Result, len(qtypes))
+		results := make([]*entry, len(qtypes))
+		for i, qt := range qtypes {
+			results[i], waits[i] = r.lookup(cacheKey{fqdn, qt})
+		}
 		var addrs []netip.Addr
 		var errs []error
-		for _, qt := range qtypes {
-			a, err := r.lookup(ctx, cacheKey{fqdn, qt})
-			addrs = append(addrs, a...)
-			if err != nil {
-				errs = append(errs, err)
+		for i := range qtypes {
+			e := results[i]
+			if e == nil {
+				select {
+				case res := <-waits[i]:
+					e = res.Val.(*entry)
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			}
+			addrs = append(addrs, e.addrs...)
+			if e.err != nil {
+				errs = append(errs, e.err)
 			}
 		}
 		if len(addrs) > 0 {
@@ -223,65 +241,50 @@ func filterFamily(addrs []netip.Addr, network string) []netip.Addr {
 	return out
 }
 
-// lookup answers one name and type from the cache, or joins or starts the one query
-// for it.
-func (r *Resolver) lookup(ctx context.Context, k cacheKey) ([]netip.Addr, error) {
+// lookup answers one name and type from the cache, or returns the channel on which
+// the one query for it answers. The query does not take a caller's context: callers
+// that give up leave it to finish for the others and for the cache, within Timeout ×
+// Attempts × upstreams.
+func (r *Resolver) lookup(k cacheKey) (*entry, <-chan singleflight.Result) {
 	now := r.opts.Now()
 	r.mu.Lock()
-	if e := r.cache[k]; e != nil && now.Before(e.expires) {
-		r.mu.Unlock()
-		r.metrics.cacheHits.Inc()
-		return e.addrs, e.err
-	}
-	c := r.inflight[k]
-	if c == nil {
-		c = &call{done: make(chan struct{})}
-		r.inflight[k] = c
-		go r.resolve(k, c)
+	if el := r.cache[k]; el != nil {
+		e := el.Value.(*entry)
+		if now.Before(e.expires) {
+			r.lru.MoveToFront(el)
+			r.mu.Unlock()
+			r.metrics.cacheHits.Inc()
+			return e, nil
+		}
+		r.lru.Remove(el)
+		delete(r.cache, k)
 	}
 	r.mu.Unlock()
-	select {
-	case <-c.done:
-		return c.e.addrs, c.e.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return nil, r.queries.DoChan(k.name+"/"+strconv.Itoa(int(k.qtype)), func() (any, error) {
+		e := r.query(k)
+		if e.expires.After(r.opts.Now()) {
+			r.mu.Lock()
+			r.store(e)
+			r.mu.Unlock()
+		}
+		return e, nil
+	})
 }
 
-// resolve runs the query for k, caches what it learns, and wakes everyone waiting.
-// It does not take a caller's context: callers that give up leave it to finish for
-// the others and for the cache, within Timeout × Attempts × upstreams.
-func (r *Resolver) resolve(k cacheKey, c *call) {
-	e := r.query(k)
-	r.mu.Lock()
-	delete(r.inflight, k)
-	if e.expires.After(r.opts.Now()) {
-		r.store(k, e)
+// store adds e to the cache, evicting the least recently used entry when full.
+// r.mu is held.
+func (r *Resolver) store(e *entry) {
+	if el := r.cache[e.key]; el != nil {
+		el.Value = e
+		r.lru.MoveToFront(el)
+		return
 	}
-	r.mu.Unlock()
-	c.e = e
-	close(c.done)
-}
-
-// store adds e to the cache, making room first. r.mu is held.
-func (r *Resolver) store(k cacheKey, e *entry) {
-	if len(r.cache) >= r.opts.MaxEntries {
-		now := r.opts.Now()
-		for key, old := range r.cache {
-			if !now.Before(old.expires) {
-				delete(r.cache, key)
-			}
-		}
-		// Still full: drop entries in map order, which is random enough to avoid a
-		// pattern an attacker could aim at.
-		for key := range r.cache {
-			if len(r.cache) < r.opts.MaxEntries {
-				break
-			}
-			delete(r.cache, key)
-		}
+	if r.lru.Len() >= r.opts.MaxEntries {
+		oldest := r.lru.Back()
+		r.lru.Remove(oldest)
+		delete(r.cache, oldest.Value.(*entry).key)
 	}
-	r.cache[k] = e
+	r.cache[e.key] = r.lru.PushFront(e)
 }
 
 // cacheLen is for the cache-entries gauge.
@@ -318,7 +321,7 @@ func (r *Resolver) query(k cacheKey) *entry {
 			return r.entryFrom(k, resp)
 		}
 	}
-	return &entry{err: fmt.Errorf("resolving %s: %w", strings.TrimSuffix(k.name, "."), lastErr), expires: start}
+	return &entry{key: k, err: fmt.Errorf("resolving %s: %w", strings.TrimSuffix(k.name, "."), lastErr), expires: start}
 }
 
 // exchange sends m to one upstream over UDP, and again over TCP when the answer
@@ -368,7 +371,7 @@ func (r *Resolver) entryFrom(k cacheKey, resp *dns.Msg) *entry {
 	}
 	if len(addrs) > 0 {
 		r.metrics.queries.WithLabelValues("success").Inc()
-		return &entry{addrs: addrs, expires: now.Add(r.clamp(time.Duration(ttl) * time.Second))}
+		return &entry{key: k, addrs: addrs, expires: now.Add(r.clamp(time.Duration(ttl) * time.Second))}
 	}
 	// NXDOMAIN or NODATA: cached for the SOA minimum (RFC 2308).
 	result := "nodata"
@@ -382,7 +385,7 @@ func (r *Resolver) entryFrom(k cacheKey, resp *dns.Msg) *entry {
 			neg = time.Duration(min(soa.Minttl, soa.Hdr.Ttl)) * time.Second
 		}
 	}
-	return &entry{err: &NotFoundError{Name: strings.TrimSuffix(k.name, ".")}, expires: now.Add(r.clamp(neg))}
+	return &entry{key: k, err: &NotFoundError{Name: strings.TrimSuffix(k.name, ".")}, expires: now.Add(r.clamp(neg))}
 }
 
 func (r *Resolver) clamp(ttl time.Duration) time.Duration {

@@ -226,3 +226,42 @@ func TestCacheIsBounded(t *testing.T) {
 		t.Errorf("cache holds %d entries; want at most 3", n)
 	}
 }
+
+// TestBothFamiliesAtOnce: a cold look-up asks for A and AAAA together, so a dial
+// waits for one round trip, not two.
+func TestBothFamiliesAtOnce(t *testing.T) {
+	srv := dnstest.Start(t, map[string]dnstest.Record{
+		"slow.test": {A: []string{"192.0.2.1"}, AAAA: []string{"2001:db8::1"}, TTL: 60, Delay: 200 * time.Millisecond},
+	})
+	r, _ := newTest(t, Options{}, srv.Addr)
+	got, err := r.LookupNetIP(context.Background(), "ip", "slow.test")
+	if err != nil || len(got) != 2 {
+		t.Fatalf("LookupNetIP = %v, %v", got, err)
+	}
+	if n := srv.MaxConcurrent(); n != 2 {
+		t.Errorf("the server answered at most %d queries at once; want the A and AAAA queries together (2)", n)
+	}
+}
+
+// TestCacheEvictsLeastRecentlyUsed: a full cache drops the entry used longest ago.
+func TestCacheEvictsLeastRecentlyUsed(t *testing.T) {
+	zone := map[string]dnstest.Record{}
+	for _, n := range []string{"a.test", "b.test", "c.test"} {
+		zone[n] = dnstest.Record{A: []string{"192.0.2.1"}, TTL: 60}
+	}
+	srv := dnstest.Start(t, zone)
+	r, _ := newTest(t, Options{MaxEntries: 2}, srv.Addr)
+	ctx := context.Background()
+	r.LookupNetIP(ctx, "ip4", "a.test")
+	r.LookupNetIP(ctx, "ip4", "b.test")
+	r.LookupNetIP(ctx, "ip4", "a.test") // a is now the most recently used
+	r.LookupNetIP(ctx, "ip4", "c.test") // evicts b
+	r.LookupNetIP(ctx, "ip4", "a.test")
+	r.LookupNetIP(ctx, "ip4", "b.test")
+	if n := srv.Queries("a.test", "A"); n != 1 {
+		t.Errorf("a.test asked %d times; want 1: it was used recently and stayed cached", n)
+	}
+	if n := srv.Queries("b.test", "A"); n != 2 {
+		t.Errorf("b.test asked %d times; want 2: it was the least recently used and was evicted", n)
+	}
+}

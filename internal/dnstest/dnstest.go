@@ -36,6 +36,8 @@ type Server struct {
 	Addr string
 
 	mu      sync.Mutex
+	busy    int // queries being answered now
+	maxBusy int // the most at once
 	records map[string]Record // by fully qualified lower-case name
 	queries map[string]int    // "name/TYPE" -> count
 	udp     *dns.Server
@@ -106,6 +108,13 @@ func (s *Server) Queries(name, qtype string) int {
 	return s.queries[dns.Fqdn(strings.ToLower(name))+"/"+qtype]
 }
 
+// MaxConcurrent is the most queries the server was answering at one time.
+func (s *Server) MaxConcurrent() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxBusy
+}
+
 // Names returns every name the server has been asked about, lower case, fully
 // qualified, once each.
 func (s *Server) Names() []string {
@@ -146,7 +155,14 @@ func (s *Server) serve(udp bool) func(dns.ResponseWriter, *dns.Msg) {
 			w.WriteMsg(resp)
 			return
 		}
+		s.mu.Lock()
+		s.busy++
+		s.maxBusy = max(s.maxBusy, s.busy)
+		s.mu.Unlock()
 		time.Sleep(r.Delay)
+		s.mu.Lock()
+		s.busy--
+		s.mu.Unlock()
 		if udp && r.Truncate {
 			resp.Truncated = true
 			w.WriteMsg(resp)
