@@ -331,3 +331,44 @@ func TestRunNow(t *testing.T) {
 		t.Errorf("JSON = %s", b)
 	}
 }
+
+// TestRealClockFires is the one check with the real clock and real timers: a
+// schedule due in 300ms fires then, stamped with the time it was due. (Cron fires
+// once a minute at most; the next run is set directly, so the test takes a second,
+// not a minute, and its window is wide for a loaded machine.)
+func TestRealClockFires(t *testing.T) {
+	fn := newFunctionServer(t)
+	s, _ := newTestScheduler(t, Options{Clock: realClock{}}, Function{"f", fn.URL, StateProductive})
+	sc, err := s.Create("f", "@hourly", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	due := time.Now().Add(300 * time.Millisecond).Truncate(time.Second).Add(time.Second) // a whole second ahead
+	s.mu.Lock()
+	s.entries[sc.ID].State.NextRun = due
+	s.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(5 * time.Second)
+	for fn.count() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	fired := time.Now()
+	if fn.count() == 0 {
+		t.Fatal("the schedule never fired")
+	}
+	fn.mu.Lock()
+	stamp := fn.calls[0].schedAt
+	fn.mu.Unlock()
+	if stamp != due.UTC().Format(time.RFC3339) {
+		t.Errorf("X-Egressd-Scheduled-Time = %s; want %s", stamp, due.UTC().Format(time.RFC3339))
+	}
+	if early := due.Sub(fired); early > 0 {
+		t.Errorf("fired %v before it was due", early)
+	}
+	if late := fired.Sub(due); late > 2*time.Second {
+		t.Errorf("fired %v after it was due; want well within 2s", late)
+	}
+}
