@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/egressd/egressd/internal/defaults"
+
 	"github.com/egressd/egressd/guard"
 	"github.com/egressd/egressd/policy"
 )
@@ -73,7 +75,7 @@ func New(o Options) *Dialer {
 		d.exempt = guard.ExemptFunc(func(netip.Addr) bool { return false })
 	}
 	if d.timeout == 0 {
-		d.timeout = 10 * time.Second
+		d.timeout = defaults.DialTimeout
 	}
 	if d.connect == nil {
 		d.connect = dialTCP

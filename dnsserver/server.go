@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/egressd/egressd/internal/defaults"
+
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -76,10 +78,10 @@ type Server struct {
 // New returns a Server; it starts nothing.
 func New(opts Options) (*Server, error) {
 	if opts.TTL == 0 {
-		opts.TTL = 30 * time.Second
+		opts.TTL = defaults.DNSListenTTL
 	}
 	if opts.Timeout == 0 {
-		opts.Timeout = 5 * time.Second
+		opts.Timeout = defaults.DNSListenWait
 	}
 	if opts.Guard == nil {
 		policy := opts.Policy

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/egressd/egressd/internal/defaults"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/egressd/egressd/dialer"
@@ -103,13 +105,13 @@ type Proxy struct {
 
 // New returns a Proxy. It starts nothing: no listener, no goroutine.
 func New(opts Options) (*Proxy, error) {
-	setDefault(&opts.IdleTimeout, 5*time.Minute)
-	setDefault(&opts.ReadHeaderTimeout, 10*time.Second)
-	setDefault(&opts.MaxHeaderBytes, 64<<10)
-	setDefault(&opts.MaxResponseHeaderBytes, 1<<20)
-	setDefault(&opts.ResponseHeaderTimeout, 60*time.Second)
-	setDefault(&opts.MaxConnections, 4096)
-	setDefault(&opts.HalfCloseTimeout, 30*time.Second)
+	setDefault(&opts.IdleTimeout, defaults.IdleTimeout)
+	setDefault(&opts.ReadHeaderTimeout, defaults.ReadHeaderTimeout)
+	setDefault(&opts.MaxHeaderBytes, defaults.MaxHeaderBytes)
+	setDefault(&opts.MaxResponseHeaderBytes, defaults.MaxResponseHeaderBytes)
+	setDefault(&opts.ResponseHeaderTimeout, defaults.ResponseHeaderTimeout)
+	setDefault(&opts.MaxConnections, defaults.MaxConnections)
+	setDefault(&opts.HalfCloseTimeout, defaults.HalfCloseTimeout)
 	if opts.FileLimit == 0 {
 		opts.FileLimit = fileLimit()
 	}

@@ -25,6 +25,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/egressd/egressd/internal/defaults"
+
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
@@ -95,22 +97,22 @@ func (e *NotFoundError) Error() string { return "no such host " + e.Name }
 // New returns a Resolver. It reads resolv.conf and the hosts file once, now.
 func New(opts Options) (*Resolver, error) {
 	if opts.ResolvConf == "" {
-		opts.ResolvConf = "/etc/resolv.conf"
+		opts.ResolvConf = defaults.ResolvConf
 	}
 	if opts.HostsFile == "" {
-		opts.HostsFile = "/etc/hosts"
+		opts.HostsFile = defaults.HostsFile
 	}
 	if opts.Timeout == 0 {
-		opts.Timeout = 2 * time.Second
+		opts.Timeout = defaults.DNSTimeout
 	}
 	if opts.Attempts == 0 {
-		opts.Attempts = 2
+		opts.Attempts = defaults.DNSAttempts
 	}
 	if opts.MaxTTL == 0 {
-		opts.MaxTTL = 5 * time.Minute
+		opts.MaxTTL = defaults.DNSMaxTTL
 	}
 	if opts.MaxEntries == 0 {
-		opts.MaxEntries = 10000
+		opts.MaxEntries = defaults.DNSCacheSize
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -126,11 +128,11 @@ func New(opts Options) (*Resolver, error) {
 		conf = &dns.ClientConfig{Ndots: 1, Port: "53"}
 	}
 	r := &Resolver{
-		opts:     opts,
-		search:   conf,
-		log:      opts.Logger,
-		cache:    map[cacheKey]*list.Element{},
-		lru:      list.New(),
+		opts:   opts,
+		search: conf,
+		log:    opts.Logger,
+		cache:  map[cacheKey]*list.Element{},
+		lru:    list.New(),
 	}
 	for _, u := range opts.Upstreams {
 		r.upstreams = append(r.upstreams, withPort(u))

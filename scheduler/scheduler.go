@@ -27,6 +27,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/egressd/egressd/internal/defaults"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/robfig/cron/v3"
 
@@ -125,10 +127,10 @@ type entry struct {
 // New loads the state file and returns a Scheduler; it starts nothing.
 func New(opts Options) (*Scheduler, error) {
 	if opts.MaxSchedules == 0 {
-		opts.MaxSchedules = 10
+		opts.MaxSchedules = defaults.MaxSchedules
 	}
 	if opts.InvokeTimeout == 0 {
-		opts.InvokeTimeout = 30 * time.Second
+		opts.InvokeTimeout = defaults.InvokeTimeout
 	}
 	if opts.Clock == nil {
 		opts.Clock = realClock{}

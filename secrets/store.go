@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/egressd/egressd/internal/defaults"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/egressd/egressd/internal/atomicfile"
@@ -157,7 +159,7 @@ func Open(opts Options) (*Store, error) {
 		opts.Registerer = prometheus.NewRegistry()
 	}
 	if opts.LockTimeout == 0 {
-		opts.LockTimeout = 5 * time.Second
+		opts.LockTimeout = defaults.SecretsLockTimeout
 	}
 	s := &Store{path: opts.File, keys: []Key{opts.Key}, now: opts.Now, log: opts.Logger,
 		mu: make(chan struct{}, 1), lockTimeout: opts.LockTimeout}

@@ -23,6 +23,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/egressd/egressd/internal/defaults"
+
 	"gopkg.in/yaml.v3"
 )
 
@@ -199,40 +201,40 @@ type Log struct {
 // defaults are set.
 func (c *Config) applyDefaults() {
 	setDefault(&c.Mode, ModeEnforce)
-	setDefault(&c.Proxy.Listen, "127.0.0.1:3128")
+	setDefault(&c.Proxy.Listen, defaults.ProxyListen)
 	if len(c.Proxy.AllowedPorts) == 0 {
-		c.Proxy.AllowedPorts = []int{80, 443}
+		c.Proxy.AllowedPorts = defaults.AllowedPorts()
 	}
-	setDefault(&c.Proxy.ReadHeaderTimeout, 10*time.Second)
-	setDefault(&c.Proxy.IdleTimeout, 5*time.Minute)
-	setDefault(&c.Proxy.DialTimeout, 10*time.Second)
-	setDefault(&c.Proxy.MaxHeaderBytes, 64<<10)
-	setDefault(&c.Proxy.MaxResponseHeaderBytes, 1<<20)
-	setDefault(&c.Secrets.LockTimeout, 5*time.Second)
-	setDefault(&c.Proxy.HalfCloseTimeout, 30*time.Second)
-	setDefault(&c.Proxy.ResponseHeaderTimeout, 60*time.Second)
-	setDefault(&c.Proxy.MaxConnections, 4096)
-	setDefault(&c.Proxy.DrainTimeout, 30*time.Second)
+	setDefault(&c.Proxy.ReadHeaderTimeout, defaults.ReadHeaderTimeout)
+	setDefault(&c.Proxy.IdleTimeout, defaults.IdleTimeout)
+	setDefault(&c.Proxy.DialTimeout, defaults.DialTimeout)
+	setDefault(&c.Proxy.MaxHeaderBytes, defaults.MaxHeaderBytes)
+	setDefault(&c.Proxy.MaxResponseHeaderBytes, defaults.MaxResponseHeaderBytes)
+	setDefault(&c.Secrets.LockTimeout, defaults.SecretsLockTimeout)
+	setDefault(&c.Proxy.HalfCloseTimeout, defaults.HalfCloseTimeout)
+	setDefault(&c.Proxy.ResponseHeaderTimeout, defaults.ResponseHeaderTimeout)
+	setDefault(&c.Proxy.MaxConnections, defaults.MaxConnections)
+	setDefault(&c.Proxy.DrainTimeout, defaults.DrainTimeout)
 	if c.Proxy.CloseRevokedTunnels == nil {
 		t := true
 		c.Proxy.CloseRevokedTunnels = &t
 	}
-	setDefault(&c.Metrics.Listen, "127.0.0.1:9090")
-	setDefault(&c.DNS.Timeout, 2*time.Second)
-	setDefault(&c.DNS.Attempts, 2)
-	setDefault(&c.DNS.MaxTTL, 5*time.Minute)
-	setDefault(&c.DNS.CacheSize, 10000)
+	setDefault(&c.Metrics.Listen, defaults.MetricsListen)
+	setDefault(&c.DNS.Timeout, defaults.DNSTimeout)
+	setDefault(&c.DNS.Attempts, defaults.DNSAttempts)
+	setDefault(&c.DNS.MaxTTL, defaults.DNSMaxTTL)
+	setDefault(&c.DNS.CacheSize, defaults.DNSCacheSize)
 	setDefault(&c.DNS.Refuse, "refused")
-	setDefault(&c.DNS.ResolvConf, "/etc/resolv.conf")
-	setDefault(&c.DNS.HostsFile, "/etc/hosts")
-	setDefault(&c.Admin.Listen, "127.0.0.1:9091")
-	setDefault(&c.Admin.DenialTargets, 1000)
+	setDefault(&c.DNS.ResolvConf, defaults.ResolvConf)
+	setDefault(&c.DNS.HostsFile, defaults.HostsFile)
+	setDefault(&c.Admin.Listen, defaults.AdminListen)
+	setDefault(&c.Admin.DenialTargets, defaults.DenialTargets)
 	if c.Scheduler.Enabled == nil {
 		t := true
 		c.Scheduler.Enabled = &t
 	}
-	setDefault(&c.Scheduler.MaxSchedules, 10)
-	setDefault(&c.Scheduler.InvokeTimeout, 30*time.Second)
+	setDefault(&c.Scheduler.MaxSchedules, defaults.MaxSchedules)
+	setDefault(&c.Scheduler.InvokeTimeout, defaults.InvokeTimeout)
 	setDefault(&c.Log.Level, "info")
 	setDefault(&c.Log.Format, "json")
 }
