@@ -36,8 +36,8 @@ type Server struct {
 	Addr string
 
 	mu      sync.Mutex
-	busy    int // queries being answered now
-	maxBusy int // the most at once
+	busy    int               // queries being answered now
+	maxBusy int               // the most at once
 	records map[string]Record // by fully qualified lower-case name
 	queries map[string]int    // "name/TYPE" -> count
 	udp     *dns.Server
