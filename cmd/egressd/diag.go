@@ -118,11 +118,11 @@ func printTrace(w io.Writer, tr *diag.Trace) {
 		if h.Status != 0 {
 			status = strconv.Itoa(h.Status)
 		}
-		method := h.Method
-		if method == "" {
-			method = "-"
+		if h.Method == "" {
+			fmt.Fprintf(w, "%d. %s (not fetched)\n", i+1, h.URL)
+		} else {
+			fmt.Fprintf(w, "%d. %s %s -> %s\n", i+1, h.Method, h.URL, status)
 		}
-		fmt.Fprintf(w, "%d. %s %s -> %s\n", i+1, method, h.URL, status)
 		if h.Allowed {
 			fmt.Fprintf(w, "   %s: allowed by %s (%s)\n", h.Target, h.Rule, h.RuleAt)
 		} else {
