@@ -226,4 +226,3 @@ func waitHTTP(t *testing.T, url string) {
 	}
 	t.Fatalf("%s did not answer 200 within 10s", url)
 }
-
