@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/dialer"
+	"github.com/egressd/egressd/originate"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -48,6 +49,10 @@ type exchange struct {
 	closeAfter bool
 	// upgrade is set for a request that asks for a protocol upgrade (websocket).
 	upgrade bool
+	// origin is the upstreams entry whose TLS egressd makes, if any; injected are
+	// the headers it set (names only: the access log never has a value).
+	origin   *originate.Entry
+	injected []string
 	// slot counts a hijacked connection (a tunnel, an upgrade) against MaxConnections.
 	slot       *connSlot
 	answerOnce sync.Once
@@ -124,6 +129,16 @@ func (ex *exchange) finish() {
 	if ex.closedBy != "" {
 		attrs = append(attrs, slog.String("closed", ex.closedBy))
 	}
+	if ex.origin != nil {
+		mode := "tls"
+		if ex.origin.MutualTLS() {
+			mode = "mtls"
+		}
+		attrs = append(attrs, slog.String("originated", mode))
+		if len(ex.injected) > 0 {
+			attrs = append(attrs, slog.String("injected", strings.Join(ex.injected, ",")))
+		}
+	}
 	p.log.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
 }
 
@@ -157,6 +172,8 @@ func (ex *exchange) failure(r *http.Request, err error) *http.Response {
 		status       int
 		phrase, body string
 		de           *dialer.Error
+		oe           *originate.Error
+		he           *handshakeError
 	)
 	switch {
 	case errors.As(err, &de) && de.Refused():
@@ -168,6 +185,14 @@ func (ex *exchange) failure(r *http.Request, err error) *http.Response {
 	case errors.As(err, &de):
 		status, ex.reason = de.Status, de.Reason
 		phrase, body = failurePhrase(de), "egressd: "+de.Error()+"\n"
+	case errors.As(err, &oe):
+		status, ex.reason = http.StatusBadGateway, "other"
+		phrase = "egressd cannot originate TLS to " + ex.target
+		body = fmt.Sprintf("egressd: TLS to %s: %s\n", ex.target, oe.Msg)
+	case errors.As(err, &he):
+		status, ex.reason = http.StatusBadGateway, "other"
+		phrase = "egressd: TLS to " + ex.target + " failed"
+		body = fmt.Sprintf("egressd: TLS to %s failed: %s\n", ex.target, originate.Explain(he.err))
 	case errors.Is(err, errHeaderTooLarge):
 		status, ex.reason = http.StatusBadGateway, "other"
 		phrase = "egressd: answer headers from " + ex.target + " too large"
@@ -176,6 +201,11 @@ func (ex *exchange) failure(r *http.Request, err error) *http.Response {
 		status, ex.reason = http.StatusGatewayTimeout, "timeout"
 		phrase = "egressd: no answer from " + ex.target + " in time"
 		body = fmt.Sprintf("egressd: %s did not answer within %s\n", ex.target, ex.p.opts.ResponseHeaderTimeout)
+	case ex.origin != nil && strings.Contains(err.Error(), "remote error: tls:"):
+		// TLS 1.3: the server's refusal of our certificate comes with its answer.
+		status, ex.reason = http.StatusBadGateway, "other"
+		phrase = "egressd: TLS to " + ex.target + " failed"
+		body = fmt.Sprintf("egressd: TLS to %s failed: %s\n", ex.target, originate.Explain(err))
 	default:
 		status, ex.reason = http.StatusBadGateway, "other"
 		phrase = "egressd: no valid answer from " + ex.target

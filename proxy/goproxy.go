@@ -26,6 +26,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -35,6 +36,7 @@ import (
 
 	"github.com/elazarl/goproxy"
 
+	"github.com/egressd/egressd/originate"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -118,6 +120,12 @@ func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request
 		return r, ex.badRequest(r, err)
 	}
 	d, ok := ex.decide(host, port)
+	e := p.origins.Load().Lookup(d.Host)
+	if e != nil && p.opts.Originator != nil && d.Port != e.Port {
+		// egressd connects to the entry's port, whatever port the URL names: that
+		// is the target the policy decides.
+		d, ok = ex.decide(host, e.Port)
+	}
 	if !ok {
 		return r, ex.deny(r, d)
 	}
@@ -126,13 +134,35 @@ func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request
 		return r, ex.deny(r, d)
 	}
 	ex.upgrade = isWebsocket(r.Header)
+	removeHopByHop(r.Header)
+	if e != nil && p.opts.Originator != nil {
+		return p.originate(r, ex, e, d)
+	}
 	r.Host = hostHeader(d, r.URL.Port() != "")
 	r.URL.Host = d.Target()
-	removeHopByHop(r.Header)
 	// Go's server has already dropped a Content-Length sent beside a Transfer-Encoding,
 	// so the two cannot be told apart here: after any request with a Transfer-Encoding
 	// the client connection is closed, as RFC 9112 section 6.3 asks of the ambiguous case.
 	ex.closeAfter = len(r.TransferEncoding) > 0
+	return r, nil
+}
+
+// originate sends a request for a host with an upstreams entry over TLS that egressd
+// makes itself, to the entry's port (which onRequest has decided), with the entry's
+// headers set, replacing what the function sent.
+func (p *Proxy) originate(r *http.Request, ex *exchange, e *originate.Entry, d policy.Decision) (*http.Request, *http.Response) {
+	ex.origin = e
+	r.URL.Scheme = "https"
+	r.URL.Host = d.Target()
+	r.Host = hostHeader(d, e.Port != 443)
+	h, err := p.opts.Originator.Headers(e)
+	if err != nil {
+		return r, ex.failure(r, err)
+	}
+	for name, v := range h {
+		r.Header[name] = v
+	}
+	ex.injected = e.HeaderNames()
 	return r, nil
 }
 
@@ -157,7 +187,17 @@ func (p *Proxy) roundTrip(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Respons
 		p.log.Error("proxy: request without an exchange", "error", err)
 		return textResponse(r, http.StatusInternalServerError, "egressd: internal error\n"), nil
 	}
-	resp, err := p.upstreams.RoundTrip(ex.upstreamRequest(r))
+	var (
+		cfg *tls.Config // nil: the default for the scheme
+		id  string
+	)
+	if ex.origin != nil {
+		if cfg, id, err = p.opts.Originator.ClientTLS(ex.origin, ex.host); err != nil {
+			return ex.failure(r, err), nil
+		}
+		id = "origin:" + ex.origin.Name() + ":" + id // never shared with another entry's or a plain https request's
+	}
+	resp, err := p.upstreams.send(ex.upstreamRequest(r), cfg, id)
 	if err != nil {
 		return ex.failure(r, err), nil
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/defaults"
+	"github.com/egressd/egressd/originate"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -57,8 +58,11 @@ type Options struct {
 	// exemptions, and a 10s timeout.
 	Dialer *dialer.Dialer
 	// UpstreamTLS is the TLS configuration for requests in absolute form to https://
-	// URLs. If nil, the system roots verify the origin.
+	// URLs of hosts with no upstreams entry. If nil, the system roots verify the origin.
 	UpstreamTLS *tls.Config
+	// Originator makes the TLS connections and injected headers of hosts with an
+	// upstreams entry (SetUpstreams). If nil, no host has one.
+	Originator *originate.Originator
 	// LocalHandler serves requests in origin form ("GET /path"), which are for egressd
 	// itself and never forwarded. If nil, they get 404.
 	LocalHandler http.Handler
@@ -85,6 +89,7 @@ type Proxy struct {
 	log       *slog.Logger
 	metrics   *metrics
 	policy    atomic.Pointer[policy.Matcher]
+	origins   atomic.Pointer[originate.Table] // the upstreams entries in force
 	dialer    *dialer.Dialer
 	gp        http.Handler // goproxy, as newGoproxy configures it
 	upstreams *upstreams   // the one HTTP client for plain-HTTP requests
@@ -189,6 +194,12 @@ func (p *Proxy) SetPolicy(m *policy.Matcher) {
 		p.tunnels.revoke(m, p.log)
 	}
 }
+
+// SetUpstreams installs the upstreams entries for every request decided from now on.
+func (p *Proxy) SetUpstreams(t *originate.Table) { p.origins.Store(t) }
+
+// Upstreams returns the upstreams entries in force, or nil.
+func (p *Proxy) Upstreams() *originate.Table { return p.origins.Load() }
 
 // Policy returns the policy in force, or nil before the first SetPolicy.
 func (p *Proxy) Policy() *policy.Matcher { return p.policy.Load() }

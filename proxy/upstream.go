@@ -55,6 +55,12 @@ type upstreams struct {
 	closed    bool
 }
 
+// handshakeError is a TLS handshake with an origin that failed.
+type handshakeError struct{ err error }
+
+func (e *handshakeError) Error() string { return "TLS handshake: " + e.err.Error() }
+func (e *handshakeError) Unwrap() error { return e.err }
+
 // maxInterim bounds the interim (1xx) answers before the final one.
 const maxInterim = 5
 
@@ -71,7 +77,12 @@ type upstreamConn struct {
 // RoundTrip sends r to its origin and returns the answer, whose body must be read to
 // the end or closed. A 101 answer's body is the upgraded connection, readable and
 // writable.
-func (u *upstreams) RoundTrip(r *http.Request) (*http.Response, error) {
+func (u *upstreams) RoundTrip(r *http.Request) (*http.Response, error) { return u.send(r, nil, "") }
+
+// send is RoundTrip with the TLS configuration of an https request (nil: the
+// default), and id, the identity of a client certificate in it: connections are kept
+// per origin and certificate, so that a rotated certificate gets new ones.
+func (u *upstreams) send(r *http.Request, tlsConfig *tls.Config, id string) (*http.Response, error) {
 	host, port, err := policy.SplitTarget(r.URL.Host, 0)
 	if err != nil {
 		return nil, err
@@ -80,13 +91,16 @@ func (u *upstreams) RoundTrip(r *http.Request) (*http.Response, error) {
 		return nil, errors.New("unsupported scheme " + strconv.Quote(r.URL.Scheme))
 	}
 	key := r.URL.Scheme + "://" + r.URL.Host
+	if id != "" {
+		key += "#" + id
+	}
 	hasBody := r.Body != nil && r.Body != http.NoBody
 	checkIdle := hasBody || r.Header.Get("Upgrade") != ""
 	for attempt := 0; ; attempt++ {
 		uc := u.get(key, checkIdle)
 		reused := uc != nil
 		if uc == nil {
-			if uc, err = u.connect(r.Context(), r.URL.Scheme, host, port, key); err != nil {
+			if uc, err = u.connect(r.Context(), r.URL.Scheme, host, port, key, tlsConfig); err != nil {
 				return nil, err
 			}
 		}
@@ -103,7 +117,7 @@ func (u *upstreams) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 // connect dials a new connection to host:port, with TLS for https.
-func (u *upstreams) connect(ctx context.Context, scheme, host string, port uint16, key string) (*upstreamConn, error) {
+func (u *upstreams) connect(ctx context.Context, scheme, host string, port uint16, key string, tlsConfig *tls.Config) (*upstreamConn, error) {
 	tc, err := u.dial(ctx, host, port)
 	if err != nil {
 		return nil, err
@@ -111,7 +125,10 @@ func (u *upstreams) connect(ctx context.Context, scheme, host string, port uint1
 	var c net.Conn = tc
 	if scheme == "https" {
 		cfg := &tls.Config{}
-		if u.tlsConfig != nil {
+		switch {
+		case tlsConfig != nil:
+			cfg = tlsConfig
+		case u.tlsConfig != nil:
 			cfg = u.tlsConfig.Clone()
 		}
 		if cfg.ServerName == "" {
@@ -124,7 +141,7 @@ func (u *upstreams) connect(ctx context.Context, scheme, host string, port uint1
 		cancel()
 		if err != nil {
 			tc.Close()
-			return nil, err
+			return nil, &handshakeError{err: err}
 		}
 		c = tlc
 	}
