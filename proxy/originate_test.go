@@ -189,8 +189,8 @@ func atoiPort(t *testing.T, s string) int {
 
 func partnerSpec() originate.Spec {
 	return originate.Spec{
-		Host: "partner.test",
-		TLS:  originate.TLSSpec{ClientCertificate: "partner-cert", ClientKey: "partner-key", CA: "partner-ca"},
+		Host:          "partner.test",
+		TLS:           originate.TLSSpec{ClientCertificate: "partner-cert", ClientKey: "partner-key", CA: "partner-ca"},
 		InjectHeaders: map[string]string{"Authorization": "Bearer ${secret:partner-token}"},
 	}
 }
