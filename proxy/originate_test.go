@@ -1,16 +1,9 @@
 package proxy
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -26,57 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/egressd/egressd/dialer"
+	"github.com/egressd/egressd/internal/testca"
 	"github.com/egressd/egressd/originate"
 	"github.com/egressd/egressd/secrets"
 )
-
-// testCA is a certificate authority made for a test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  string
-}
-
-var serial atomic.Int64
-
-func newCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key, pem: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))}
-}
-
-// issue returns a certificate for cn signed by ca, and its key, in PEM.
-func (ca *testCA) issue(t *testing.T, cn string, notAfter time.Time, client bool) (certPEM, keyPEM string) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	usage := x509.ExtKeyUsageServerAuth
-	if client {
-		usage = x509.ExtKeyUsageClientAuth
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: notAfter,
-		DNSNames: []string{cn}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		ExtKeyUsage: []x509.ExtKeyUsage{usage}, KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalECPrivateKey(key)
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
-		string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}))
-}
 
 // memSecrets is a secret source in memory: each Set makes a new version.
 type memSecrets struct {
@@ -114,8 +60,8 @@ func (s *memSecrets) Get(key string) (secrets.Secret, error) {
 type mtlsSetup struct {
 	origin   *httptest.Server
 	port     string
-	serverCA *testCA
-	clientCA *testCA
+	serverCA *testca.CA
+	clientCA *testca.CA
 	secrets  *memSecrets
 	proxy    *Proxy
 	addr     string
@@ -126,14 +72,13 @@ type mtlsSetup struct {
 
 func newMTLS(t *testing.T, spec originate.Spec) *mtlsSetup {
 	t.Helper()
-	m := &mtlsSetup{serverCA: newCA(t, "server CA"), clientCA: newCA(t, "client CA"), secrets: &memSecrets{}, log: &syncBuffer{}, seen: make(chan string, 100)}
-	scert, skey := m.serverCA.issue(t, "partner.test", time.Now().Add(time.Hour), false)
+	m := &mtlsSetup{serverCA: testca.New(t, "server CA"), clientCA: testca.New(t, "client CA"), secrets: &memSecrets{}, log: &syncBuffer{}, seen: make(chan string, 100)}
+	scert, skey := m.serverCA.Issue(t, "partner.test", time.Now().Add(time.Hour), false)
 	pair, err := tls.X509KeyPair([]byte(scert), []byte(skey))
 	if err != nil {
 		t.Fatal(err)
 	}
-	clientRoots := x509.NewCertPool()
-	clientRoots.AddCert(m.clientCA.cert)
+	clientRoots := m.clientCA.Pool()
 	m.origin = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		cn := ""
 		if len(r.TLS.PeerCertificates) > 0 {
@@ -150,10 +95,10 @@ func newMTLS(t *testing.T, spec originate.Spec) *mtlsSetup {
 	t.Cleanup(m.origin.Close)
 	_, m.port, _ = net.SplitHostPort(m.origin.Listener.Addr().String())
 
-	ccert, ckey := m.clientCA.issue(t, "function-one", time.Now().Add(time.Hour), true)
+	ccert, ckey := m.clientCA.Issue(t, "function-one", time.Now().Add(time.Hour), true)
 	m.secrets.Set("partner-cert", ccert)
 	m.secrets.Set("partner-key", ckey)
-	m.secrets.Set("partner-ca", m.serverCA.pem)
+	m.secrets.Set("partner-ca", m.serverCA.PEM)
 	m.secrets.Set("partner-token", "tok-123")
 
 	if spec.Port == 0 {
@@ -285,7 +230,7 @@ func TestOriginationRotation(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	// The certificate, then the key, one update each, as an operator would: between
 	// the two the pair does not match, and the last good pair serves.
-	newCert, newKey := m.clientCA.issue(t, "function-two", time.Now().Add(time.Hour), true)
+	newCert, newKey := m.clientCA.Issue(t, "function-two", time.Now().Add(time.Hour), true)
 	m.secrets.Set("partner-cert", newCert)
 	time.Sleep(100 * time.Millisecond)
 	m.secrets.Set("partner-key", newKey)
@@ -323,19 +268,19 @@ func TestOriginationFailures(t *testing.T) {
 		setup func(t *testing.T, m *mtlsSetup)
 		want  string
 	}{
-		{"server not trusted", func(t *testing.T, m *mtlsSetup) { m.secrets.Set("partner-ca", newCA(t, "other").pem) },
+		{"server not trusted", func(t *testing.T, m *mtlsSetup) { m.secrets.Set("partner-ca", testca.New(t, "other").PEM) },
 			"x509: certificate signed by unknown authority"},
 		{"expired client certificate", func(t *testing.T, m *mtlsSetup) {
-			c, k := m.clientCA.issue(t, "function-one", time.Now().Add(-time.Minute), true)
+			c, k := m.clientCA.Issue(t, "function-one", time.Now().Add(-time.Minute), true)
 			m.secrets.Set("partner-cert", c)
 			m.secrets.Set("partner-key", k)
 		}, "the client certificate in secret partner-cert expired at "},
 		{"key not matching the certificate", func(t *testing.T, m *mtlsSetup) {
-			_, k := m.clientCA.issue(t, "function-one", time.Now().Add(time.Hour), true)
+			_, k := m.clientCA.Issue(t, "function-one", time.Now().Add(time.Hour), true)
 			m.secrets.Set("partner-key", k)
 		}, "the private key does not match the certificate"},
 		{"server refuses our certificate", func(t *testing.T, m *mtlsSetup) {
-			c, k := newCA(t, "untrusted client CA").issue(t, "function-one", time.Now().Add(time.Hour), true)
+			c, k := testca.New(t, "untrusted client CA").Issue(t, "function-one", time.Now().Add(time.Hour), true)
 			m.secrets.Set("partner-cert", c)
 			m.secrets.Set("partner-key", k)
 		}, "the server refused the handshake, most likely our client certificate (remote error: tls: "},

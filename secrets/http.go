@@ -21,10 +21,15 @@ type secretJSON struct {
 
 // RuntimeHandler serves the function runtime API: GET and PUT /v1/secrets/{key}.
 // Functions read and update; they cannot create or delete (405). With a non-empty
-// token, every request needs "Authorization: Bearer <token>".
-func RuntimeHandler(s *Store, token string) http.Handler {
+// token, every request needs "Authorization: Bearer <token>". A secret for which
+// reserved (if not nil) says why it is egressd's own (a client key an upstreams entry
+// uses) is neither read nor written through this API (403): functions never hold it.
+func RuntimeHandler(s *Store, token string, reserved func(key string) string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/secrets/{key}", func(w http.ResponseWriter, r *http.Request) {
+		if refuseReserved(w, s, "get", r.PathValue("key"), reserved) {
+			return
+		}
 		sec, err := s.Get(r.PathValue("key"))
 		if err != nil {
 			writeStoreError(w, r.PathValue("key"), err)
@@ -33,6 +38,9 @@ func RuntimeHandler(s *Store, token string) http.Handler {
 		writeJSON(w, http.StatusOK, secretJSON{Key: sec.Key, Value: sec.Value.Reveal(), Version: sec.Version})
 	})
 	mux.HandleFunc("PUT /v1/secrets/{key}", func(w http.ResponseWriter, r *http.Request) {
+		if refuseReserved(w, s, "update", r.PathValue("key"), reserved) {
+			return
+		}
 		var body struct {
 			Value *string `json:"value"`
 		}
@@ -69,6 +77,20 @@ func RuntimeHandler(s *Store, token string) http.Handler {
 }
 
 var errForbidden = errors.New("not allowed for functions")
+
+// refuseReserved answers 403 for a secret that is egressd's own, and says so.
+func refuseReserved(w http.ResponseWriter, s *Store, op, key string, reserved func(string) string) bool {
+	if reserved == nil {
+		return false
+	}
+	why := reserved(key)
+	if why == "" {
+		return false
+	}
+	s.count(op, errForbidden)
+	writeError(w, http.StatusForbidden, "secret "+strconv.Quote(key)+" is egressd's own ("+why+"): functions neither read nor write it; operators replace it through the admin API or the CLI")
+	return true
+}
 
 // withToken requires the runtime token when one is configured.
 func withToken(token string, s *Store, next http.Handler) http.Handler {

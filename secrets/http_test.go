@@ -12,7 +12,7 @@ import (
 // the admin API does (the same check, admin.Token).
 func TestRuntimeToken(t *testing.T) {
 	s, _, _ := newStore(t, map[string]string{"api": "v"})
-	srv := httptest.NewServer(RuntimeHandler(s, "fn-token"))
+	srv := httptest.NewServer(RuntimeHandler(s, "fn-token", nil))
 	defer srv.Close()
 	tests := []struct {
 		auth string
@@ -52,7 +52,7 @@ func TestRuntimeToken(t *testing.T) {
 // TestRuntimeMethods: functions read and update, and nothing else.
 func TestRuntimeMethods(t *testing.T) {
 	s, _, _ := newStore(t, map[string]string{"api": "v"})
-	srv := httptest.NewServer(RuntimeHandler(s, ""))
+	srv := httptest.NewServer(RuntimeHandler(s, "", nil))
 	defer srv.Close()
 	tests := []struct {
 		method, path, body string
@@ -82,5 +82,41 @@ func TestRuntimeMethods(t *testing.T) {
 	}
 	if _, err := s.Get("new"); err == nil {
 		t.Error("a function created a secret")
+	}
+}
+
+// TestRuntimeReserved: a secret egressd keeps for itself (a client key) is neither
+// read nor written by functions.
+func TestRuntimeReserved(t *testing.T) {
+	s, _, _ := newStore(t, map[string]string{"partner-key": "-----BEGIN EC PRIVATE KEY-----", "api": "v"})
+	reserved := func(key string) string {
+		if key == "partner-key" {
+			return "the client key of upstream partner.test"
+		}
+		return ""
+	}
+	srv := httptest.NewServer(RuntimeHandler(s, "", reserved))
+	defer srv.Close()
+	for _, tt := range []struct {
+		method, path, body string
+		want               int
+	}{
+		{"GET", "/v1/secrets/partner-key", "", 403},
+		{"PUT", "/v1/secrets/partner-key", `{"value":"mine"}`, 403},
+		{"GET", "/v1/secrets/api", "", 200},
+	} {
+		req, _ := http.NewRequest(tt.method, srv.URL+tt.path, strings.NewReader(tt.body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.want || strings.Contains(string(b), "BEGIN") {
+			t.Errorf("%s %s: %d %s; want %d and no value", tt.method, tt.path, resp.StatusCode, b, tt.want)
+		}
+	}
+	if sec, _ := s.Get("partner-key"); sec.Value.Reveal() != "-----BEGIN EC PRIVATE KEY-----" {
+		t.Error("a function replaced a reserved secret")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/egressd/egressd/diag"
 	"github.com/egressd/egressd/guard"
 	"github.com/egressd/egressd/internal/reload"
+	"github.com/egressd/egressd/originate"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/proxy"
 )
@@ -66,6 +67,29 @@ func policyHandler(reloader *reload.Reloader, p *proxy.Proxy) http.Handler {
 				last.Warnings = append(last.Warnings, e.Error())
 			}
 		}
-		admin.WriteJSON(w, http.StatusOK, map[string]any{"rules": rules, "allowed_ports": ports, "last_reload": last})
+		admin.WriteJSON(w, http.StatusOK, map[string]any{"rules": rules, "allowed_ports": ports, "last_reload": last,
+			"upstreams": upstreamsJSON(p.Upstreams())})
 	})
+}
+
+// upstreamJSON is what /v1/policy says of an upstreams entry: names of secrets,
+// never values.
+type upstreamJSON struct {
+	Host              string   `json:"host"`
+	Port              uint16   `json:"port"`
+	ClientCertificate string   `json:"client_certificate,omitempty"`
+	ClientKey         string   `json:"client_key,omitempty"`
+	CA                string   `json:"ca,omitempty"`
+	ServerName        string   `json:"server_name,omitempty"`
+	InjectHeaders     []string `json:"inject_headers"`
+	Secrets           []string `json:"secrets"`
+}
+
+func upstreamsJSON(t *originate.Table) []upstreamJSON {
+	out := []upstreamJSON{}
+	for _, e := range t.Entries() {
+		out = append(out, upstreamJSON{Host: e.Host, Port: e.Port, ClientCertificate: e.TLS.ClientCertificate, ClientKey: e.TLS.ClientKey,
+			CA: e.TLS.CA, ServerName: e.TLS.ServerName, InjectHeaders: append([]string{}, e.HeaderNames()...), Secrets: append([]string{}, e.SecretNames()...)})
+	}
+	return out
 }

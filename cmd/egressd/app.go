@@ -1,10 +1,14 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"os"
 	"log/slog"
 	"net/http"
 	"path/filepath"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -16,6 +20,7 @@ import (
 	"github.com/egressd/egressd/guard"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/reload"
+	"github.com/egressd/egressd/originate"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/proxy"
 	"github.com/egressd/egressd/resolver"
@@ -42,6 +47,7 @@ type app struct {
 	sched      *scheduler.Scheduler // nil without a scheduler
 	denials    *diag.Denials
 	proxy      *proxy.Proxy
+	originator *originate.Originator
 	reloader   *reload.Reloader
 	adminToken string // empty: no admin API
 }
@@ -79,7 +85,7 @@ func (a *app) openSecrets() error {
 		}
 	}
 	var err error
-	a.store, a.runtimeAPI, err = openSecrets(a.c, a.log, a.reg, a.writes)
+	a.store, a.runtimeAPI, err = openSecrets(a.c, a.log, a.reg, a.writes, a.reservedSecret)
 	return err
 }
 
@@ -97,8 +103,22 @@ func (a *app) openScheduler() error {
 func (a *app) newProxy() error {
 	c := a.c
 	a.denials = diag.NewDenials(c.Admin.DenialTargets)
-	var err error
+	roots, err := upstreamRoots(c.Proxy.UpstreamCAFile)
+	if err != nil {
+		return err
+	}
+	var source originate.SecretSource
+	if a.store != nil {
+		source = a.store
+	}
+	a.originator = originate.New(source, roots, nil)
+	var upstreamTLS *tls.Config
+	if roots != nil {
+		upstreamTLS = &tls.Config{RootCAs: roots}
+	}
 	a.proxy, err = proxy.New(proxy.Options{
+		Originator:             a.originator,
+		UpstreamTLS:            upstreamTLS,
 		Denials:                a.denials,
 		LocalHandler:           a.runtimeAPI,
 		Dialer:                 a.dial,
@@ -114,7 +134,50 @@ func (a *app) newProxy() error {
 		Logger:                 a.log,
 		Registerer:             a.reg,
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	table, errs := originate.Compile(c.UpstreamSpecs())
+	if len(errs) > 0 {
+		return errs[0] // the config's validation has reported these with their lines
+	}
+	a.proxy.SetUpstreams(table)
+	return a.originator.Register(a.reg, a.proxy.Upstreams)
+}
+
+// reservedSecret says why a secret is egressd's own, or "": every secret an
+// upstreams entry in force reads (a client certificate, its key, a CA, an injected
+// token) stays out of the functions' runtime API.
+func (a *app) reservedSecret(key string) string {
+	if a.proxy == nil {
+		return ""
+	}
+	for _, e := range a.proxy.Upstreams().Entries() {
+		if slices.Contains(e.SecretNames(), key) {
+			return "used by the upstreams entry for " + e.Host
+		}
+	}
+	return ""
+}
+
+// upstreamRoots is the system roots with proxy.upstream_ca_file's added, or nil (the
+// system roots alone) without one.
+func upstreamRoots(file string) (*x509.CertPool, error) {
+	if file == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("proxy.upstream_ca_file: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("proxy.upstream_ca_file: %s holds no PEM certificate", file)
+	}
+	return pool, nil
 }
 
 func (a *app) loadPolicy() error {

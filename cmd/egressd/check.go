@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"strings"
 	"errors"
 	"fmt"
 	"io"
@@ -35,9 +36,13 @@ func runCheck(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	for _, w := range st.Warnings {
 		fmt.Fprintf(stderr, "warning: %s\n", w.Error())
 	}
+	for _, w := range upstreamWarnings(a) {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
+	}
 	n := uniqueRules(a.proxy.Policy().Rules())
+	nw := len(st.Warnings) + len(upstreamWarnings(a))
 	fmt.Fprintf(stdout, "ok: %d %s from %d %s, %d %s\n", n, plural(n, "rule", "rules"),
-		len(st.Files), plural(len(st.Files), "file", "files"), len(st.Warnings), plural(len(st.Warnings), "warning", "warnings"))
+		len(st.Files), plural(len(st.Files), "file", "files"), nw, plural(nw, "warning", "warnings"))
 	return exitOK
 }
 
@@ -55,4 +60,25 @@ func plural(n int, one, many string) string {
 		return one
 	}
 	return many
+}
+
+// upstreamWarnings are what check says of the upstreams entries: headers reach only
+// plain-HTTP requests, and an entry whose target the allowlist denies does nothing.
+func upstreamWarnings(a *app) []string {
+	var out []string
+	m := a.proxy.Policy()
+	for _, e := range a.proxy.Upstreams().Entries() {
+		if names := e.HeaderNames(); len(names) > 0 {
+			out = append(out, fmt.Sprintf("upstreams %s: %s reach requests sent as http://%s/... only (egressd makes the TLS); "+
+				"an https:// URL goes through a CONNECT tunnel, which egressd cannot see into, and gets no header",
+				e.Host, strings.Join(names, ", "), strings.TrimPrefix(e.Host, "*.")))
+		}
+		if host := strings.TrimPrefix(e.Host, "*."); !strings.HasPrefix(e.Host, "*.") {
+			if d := m.Decide(host, e.Port); !d.Allow {
+				out = append(out, fmt.Sprintf("upstreams %s: the allowlist denies %s (%s), so requests to it are refused; add %s",
+					e.Host, d.Target(), d.Reason, d.SuggestedRule()))
+			}
+		}
+	}
+	return out
 }

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/egressd/egressd/originate"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -38,6 +39,10 @@ func runExplain(_ context.Context, args []string, stdout, stderr io.Writer) int 
 		return exitUsage
 	}
 	d := res.Matcher.Decide(host, port)
+	table, _ := originate.Compile(c.UpstreamSpecs())
+	if e := table.Lookup(d.Host); e != nil {
+		fmt.Fprintf(stdout, "upstream: %s (%s); a plain http:// request is decided as %s:%d\n", e.Describe(), e.Host, d.Host, e.Port)
+	}
 	if d.Allow {
 		fmt.Fprintf(stdout, "allowed: %s\nrule: %s (%s)\n", d.Target(), d.Rule.Text, d.Rule.Location())
 		return exitOK

@@ -54,7 +54,7 @@ func secretsKeys(c *config.Config, log *slog.Logger) (secrets.Key, *secrets.Key,
 // store configured, both are nil. With secrets.create_if_missing and create set, a
 // missing store is created empty first; without create (egressd check), a missing
 // store that would be created is not an error.
-func openSecrets(c *config.Config, log *slog.Logger, reg prometheus.Registerer, create bool) (*secrets.Store, http.Handler, error) {
+func openSecrets(c *config.Config, log *slog.Logger, reg prometheus.Registerer, create bool, reserved func(string) string) (*secrets.Store, http.Handler, error) {
 	if c.Secrets.File == "" {
 		return nil, nil, nil
 	}
@@ -83,5 +83,5 @@ func openSecrets(c *config.Config, log *slog.Logger, reg prometheus.Registerer, 
 			return nil, nil, fmt.Errorf("secrets runtime token: %w", err)
 		}
 	}
-	return store, secrets.RuntimeHandler(store, token), nil
+	return store, secrets.RuntimeHandler(store, token, reserved), nil
 }

@@ -21,6 +21,9 @@ import (
 	"github.com/egressd/egressd/diag"
 	"github.com/egressd/egressd/dnsserver"
 	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/reload"
+	"github.com/egressd/egressd/internal/watch"
+	"github.com/egressd/egressd/originate"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/proxy"
 	"github.com/egressd/egressd/scheduler"
@@ -176,6 +179,13 @@ func (a *app) serve(ctx context.Context) error {
 			}
 		}()
 	}
+	if !c.Builtin {
+		go func() {
+			if err := watch.Paths(watchCtx, []string{c.File}, reload.DefaultDebounce, log, a.reloadUpstreams); err != nil {
+				log.Error("config file watcher stopped; upstreams edits need a restart", "error", err)
+			}
+		}()
+	}
 	schedDone := make(chan struct{})
 	if a.sched != nil {
 		go func() {
@@ -244,6 +254,24 @@ loop:
 	}
 	log.Info("egressd stopped")
 	return runErr
+}
+
+// reloadUpstreams applies the upstreams section of the config file as it is now. A
+// config that does not load leaves the entries in force; other keys take effect at
+// the next start.
+func (a *app) reloadUpstreams() {
+	nc, err := config.LoadFile(a.c.File)
+	if err != nil {
+		a.log.Error("config file not reloaded; the upstreams in force stay", "error", err.Error())
+		return
+	}
+	t, errs := originate.Compile(nc.UpstreamSpecs())
+	if len(errs) > 0 {
+		a.log.Error("config file not reloaded; the upstreams in force stay", "error", errs[0].Error())
+		return
+	}
+	a.proxy.SetUpstreams(t)
+	a.log.Info("upstreams reloaded (other config changes take effect at the next start)", "entries", len(t.Entries()))
 }
 
 // schedulerOff answers the schedule endpoints of an egressd that runs no scheduler,

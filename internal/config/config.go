@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/egressd/egressd/internal/defaults"
+	"github.com/egressd/egressd/originate"
 
 	"gopkg.in/yaml.v3"
 )
@@ -53,6 +54,10 @@ type Config struct {
 	// DNS configures egressd's resolver, the private-address guard and the optional
 	// DNS listener.
 	DNS DNS `yaml:"dns"`
+	// Upstreams are the hosts whose TLS egressd makes itself, with a client
+	// certificate from the secret store, and the headers it injects for them. They
+	// are reloaded when the config file changes; other keys need a restart.
+	Upstreams []Upstream `yaml:"upstreams"`
 	// Admin configures the authenticated admin API.
 	Admin Admin `yaml:"admin"`
 	// Secrets configures the encrypted secret store.
@@ -91,6 +96,9 @@ type Proxy struct {
 	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
 	// MaxConnections bounds concurrent client connections. If zero, 4096 is used.
 	MaxConnections int `yaml:"max_connections"`
+	// UpstreamCAFile, if set, holds PEM roots trusted beside the system roots for
+	// https:// requests in absolute form to hosts with no upstreams entry.
+	UpstreamCAFile string `yaml:"upstream_ca_file"`
 	// HalfCloseTimeout closes a tunnel whose client has ended its direction while the
 	// origin keeps the other open for this long. If zero, 30s is used.
 	HalfCloseTimeout time.Duration `yaml:"half_close_timeout"`
@@ -100,6 +108,45 @@ type Proxy struct {
 	// CloseRevokedTunnels closes an open tunnel when a reload removes the rule that
 	// allowed it. If unset, true.
 	CloseRevokedTunnels *bool `yaml:"close_revoked_tunnels"`
+}
+
+// Upstream is one upstreams entry.
+type Upstream struct {
+	// Host is an exact host, or *.example.com with the allowlist's wildcard rules.
+	Host string `yaml:"host"`
+	// Port is where egressd connects. If zero, 443.
+	Port int         `yaml:"port"`
+	TLS  UpstreamTLS `yaml:"tls"`
+	// InjectHeaders are set on every request to the host, replacing the function's;
+	// a value may hold ${secret:NAME}.
+	InjectHeaders map[string]string `yaml:"inject_headers"`
+}
+
+// UpstreamTLS is an upstreams entry's TLS; every field may be left out.
+type UpstreamTLS struct {
+	// ClientCertificate and ClientKey name the secrets with the PEM certificate chain
+	// and its key (one secret holding both may be named twice).
+	ClientCertificate string `yaml:"client_certificate"`
+	ClientKey         string `yaml:"client_key"`
+	// CA is a secret, or a file path (with a '/'), holding PEM roots. If empty, the
+	// system roots (and proxy.upstream_ca_file).
+	CA string `yaml:"ca"`
+	// ServerName is the SNI and verification name. If empty, the host.
+	ServerName string `yaml:"server_name"`
+	// MinVersion is 1.2 or 1.3. If empty, 1.2.
+	MinVersion string `yaml:"min_version"`
+}
+
+// UpstreamSpecs returns the upstreams entries as originate compiles them.
+func (c *Config) UpstreamSpecs() []originate.Spec {
+	specs := make([]originate.Spec, len(c.Upstreams))
+	for i, u := range c.Upstreams {
+		specs[i] = originate.Spec{Host: u.Host, Port: uint16(u.Port), InjectHeaders: u.InjectHeaders, TLS: originate.TLSSpec{
+			ClientCertificate: u.TLS.ClientCertificate, ClientKey: u.TLS.ClientKey, CA: u.TLS.CA,
+			ServerName: u.TLS.ServerName, MinVersion: u.TLS.MinVersion,
+		}}
+	}
+	return specs
 }
 
 // Metrics configures the metrics and health listener.
@@ -265,9 +312,14 @@ func LoadFile(name string) (*Config, error) {
 	}
 	c.DNS.HostsFile, c.DNS.ResolvConf = relative(c.DNS.HostsFile), relative(c.DNS.ResolvConf)
 	for _, p := range []*string{&c.Admin.TokenFile, &c.Secrets.File, &c.Secrets.KeyFile, &c.Secrets.PreviousKeyFile,
-		&c.Secrets.RuntimeTokenFile, &c.Scheduler.FunctionsFile, &c.Scheduler.StateFile} {
+		&c.Secrets.RuntimeTokenFile, &c.Scheduler.FunctionsFile, &c.Scheduler.StateFile, &c.Proxy.UpstreamCAFile} {
 		if *p != "" {
 			*p = relative(*p)
+		}
+	}
+	for i := range c.Upstreams {
+		if ca := &c.Upstreams[i].TLS.CA; strings.Contains(*ca, "/") {
+			*ca = relative(*ca) // a file; a name without '/' is a secret
 		}
 	}
 	return c, nil
@@ -536,6 +588,24 @@ func (c *Config) validate(root *yaml.Node) error {
 	if c.Scheduler.MaxSchedules < 0 || c.Scheduler.InvokeTimeout < 0 {
 		add([]string{"scheduler"}, "max_schedules and invoke_timeout cannot be negative")
 	}
+	for i, u := range c.Upstreams {
+		if u.Port < 0 || u.Port > 65535 {
+			addAt(root, &ps, c.File, i, "port %d is not a port; leave it out for 443", u.Port)
+		}
+	}
+	if _, errs := originate.Compile(c.UpstreamSpecs()); len(errs) > 0 {
+		for _, err := range errs {
+			i := upstreamIndex(err.Error())
+			ps = append(ps, fmt.Sprintf("%s:%d: %s", c.File, lineOfItem(root, "upstreams", i), err))
+		}
+	}
+	if len(c.Upstreams) > 0 && c.Secrets.File == "" {
+		for i, u := range c.Upstreams {
+			if u.TLS.ClientCertificate != "" || len(u.InjectHeaders) > 0 || (u.TLS.CA != "" && !strings.Contains(u.TLS.CA, "/")) {
+				addAt(root, &ps, c.File, i, "it reads secrets, but secrets.file is not set")
+			}
+		}
+	}
 	if len(c.Allowlist) == 0 {
 		add([]string{"allowlist"}, "no allowlist files or directories; add at least one, such as allowlist.d/")
 	}
@@ -572,6 +642,42 @@ func ParsePrefixOrAddr(s string) (netip.Prefix, error) {
 
 // lineOf returns the line of the value at the key path in a decoded YAML document, or
 // of the deepest key found on the way, or 1.
+// addAt adds a problem about upstreams[i], at its line.
+func addAt(root *yaml.Node, ps *Problems, file string, i int, format string, args ...any) {
+	*ps = append(*ps, fmt.Sprintf("%s:%d: upstreams[%d]: %s", file, lineOfItem(root, "upstreams", i), i, fmt.Sprintf(format, args...)))
+}
+
+var upstreamIndexRE = regexp.MustCompile(`^upstreams\[(\d+)\]`)
+
+// upstreamIndex is the entry an originate.Compile error is about.
+func upstreamIndex(msg string) int {
+	if m := upstreamIndexRE.FindStringSubmatch(msg); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		return n
+	}
+	return -1
+}
+
+// lineOfItem is the line of the i-th item of the top-level list key, or of the key.
+func lineOfItem(root *yaml.Node, key string, i int) int {
+	n := root
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	if n.Kind == yaml.MappingNode {
+		for j := 0; j+1 < len(n.Content); j += 2 {
+			if n.Content[j].Value == key {
+				list := n.Content[j+1]
+				if list.Kind == yaml.SequenceNode && i >= 0 && i < len(list.Content) {
+					return list.Content[i].Line
+				}
+				return n.Content[j].Line
+			}
+		}
+	}
+	return 1
+}
+
 func lineOf(root *yaml.Node, keys ...string) int {
 	n := root
 	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
