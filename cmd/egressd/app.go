@@ -4,9 +4,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"os"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 

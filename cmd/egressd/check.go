@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
-	"strings"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 
 	"github.com/egressd/egressd/policy"
 )
