@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -77,6 +78,19 @@ func TestUpstreamsThroughTheBinary(t *testing.T) {
 	}
 	if strings.Contains(d.logs.String(), "tok-e2e-secret") || strings.Contains(d.logs.String(), "PRIVATE KEY") {
 		t.Error("the log holds a secret value")
+	}
+
+	// /v1/policy and explain name the entry and its secrets, never their values.
+	var started struct{ Admin string }
+	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
+	pol, _ := curl(t, nil, "-H", "Authorization: Bearer "+s.token, "http://"+started.Admin+"/v1/policy")
+	if !strings.Contains(pol, `"client_certificate": "partner-cert"`) || !strings.Contains(pol, `"inject_headers": [`) ||
+		strings.Contains(pol, "tok-e2e-secret") || strings.Contains(pol, "BEGIN") {
+		t.Errorf("/v1/policy:\n%s", pol)
+	}
+	exp, _, _ := egressd(t, d.dir, "explain", "--config", "egressd.yaml", "partner.test:"+port)
+	if !strings.Contains(exp, "upstream: egressd makes the TLS connection to port "+port+" itself, with the client certificate in secret partner-cert (key in secret partner-key)") {
+		t.Errorf("explain:\n%s", exp)
 	}
 
 	// The upstreams section edited in place: the header is now X-Api-Key.

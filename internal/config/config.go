@@ -601,7 +601,11 @@ func (c *Config) validate(root *yaml.Node) error {
 	}
 	if len(c.Upstreams) > 0 && c.Secrets.File == "" {
 		for i, u := range c.Upstreams {
-			if u.TLS.ClientCertificate != "" || len(u.InjectHeaders) > 0 || (u.TLS.CA != "" && !strings.Contains(u.TLS.CA, "/")) {
+			readsSecret := u.TLS.ClientCertificate != "" || u.TLS.ClientKey != "" || (u.TLS.CA != "" && !strings.Contains(u.TLS.CA, "/"))
+			for _, v := range u.InjectHeaders {
+				readsSecret = readsSecret || strings.Contains(v, "${secret:")
+			}
+			if readsSecret {
 				addAt(root, &ps, c.File, i, "it reads secrets, but secrets.file is not set")
 			}
 		}
