@@ -15,6 +15,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"bufio"
 	"context"
 	"encoding/binary"
@@ -65,7 +66,7 @@ func run(args []string) int {
 	fs.DurationVar(&s.duration, "duration", 3*time.Second, "length of each timed round")
 	fs.IntVar(&s.idle, "idle-tunnels", 2000, "idle tunnels held open for the memory figure")
 	quick := fs.Bool("quick", false, "a smoke run: 64 MiB, 1 round, 1s rounds, 200 idle tunnels")
-	only := fs.String("only", "", "comma-separated workloads to run: throughput, http, tunnels, memory; empty: all")
+	only := fs.String("only", "", "comma-separated workloads to run: throughput, http, tunnels, memory, mtls; empty: all")
 	fs.StringVar(&s.baseline, "baseline", "", "also run egressd built from this git revision (before/after a change)")
 	bare := fs.String("bare-connect", "", "run only the bare CONNECT relay on this loopback address (the bench starts it)")
 	if err := fs.Parse(args); err != nil {
@@ -238,6 +239,11 @@ func bench(s settings) error {
 		}
 		fmt.Println()
 	}
+	if s.runs("mtls") {
+		if err := benchMTLS(s, dir); err != nil {
+			return fmt.Errorf("mtls: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -402,7 +408,12 @@ type httpResult struct{ rps, p50, p99 float64 }
 // none) for d, and returns requests per second and latency percentiles in
 // milliseconds.
 func httpLoad(proxy, target string, clients int, d time.Duration) (httpResult, error) {
-	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients, DisableCompression: true}
+	return httpLoadTLS(proxy, target, clients, d, nil)
+}
+
+// httpLoadTLS is httpLoad with the client's own TLS configuration for https targets.
+func httpLoadTLS(proxy, target string, clients int, d time.Duration, tlsConfig *tls.Config) (httpResult, error) {
+	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients, DisableCompression: true, TLSClientConfig: tlsConfig}
 	if proxy != "" {
 		u, _ := url.Parse("http://" + proxy)
 		tr.Proxy = http.ProxyURL(u)
@@ -432,6 +443,10 @@ func httpLoad(proxy, target string, clients int, d time.Duration) (httpResult, e
 				}
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					errs.Add(1) // a proxy's 502 is no answer from the origin
+					continue
+				}
 				mine = append(mine, float64(time.Since(t0).Microseconds())/1000)
 			}
 			mu.Lock()
@@ -687,6 +702,11 @@ func startEgressd(dir string, targets []string, name, src string) (*peer, error)
 	if err := os.WriteFile(filepath.Join(dir, "egressd.yaml"), []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
+	return startEgressdWith(dir, bin, name)
+}
+
+// startEgressdWith starts bin on dir's egressd.yaml and waits until it serves.
+func startEgressdWith(dir, bin, name string) (*peer, error) {
 	logf, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
 		return nil, err

@@ -300,6 +300,9 @@ type Originator struct {
 	mu    sync.Mutex
 	certs map[string]*loadedCert // by "cert-secret/key-secret"
 	pools map[string]*loadedPool // by CA secret or file
+	// sessions resume TLS sessions with a partner, per entry and certificate: a new
+	// connection then costs no full handshake. A new certificate gets a new cache.
+	sessions map[string]tls.ClientSessionCache
 }
 
 type loadedCert struct {
@@ -320,7 +323,8 @@ func New(s SecretSource, base *x509.CertPool, now func() time.Time) *Originator 
 	if now == nil {
 		now = time.Now
 	}
-	return &Originator{secrets: s, base: base, now: now, certs: map[string]*loadedCert{}, pools: map[string]*loadedPool{}}
+	return &Originator{secrets: s, base: base, now: now, certs: map[string]*loadedCert{}, pools: map[string]*loadedPool{},
+		sessions: map[string]tls.ClientSessionCache{}}
 }
 
 // Error is a failure to originate, before or during the handshake: its text names
@@ -360,7 +364,24 @@ func (o *Originator) ClientTLS(e *Entry, host string) (*tls.Config, string, erro
 		cfg.Certificates = []tls.Certificate{cert}
 		id = lc.fingerprint
 	}
+	cfg.ClientSessionCache = o.sessionCache(e.Host + "|" + cfg.ServerName + "|" + id)
 	return cfg, id, nil
+}
+
+// sessionCache returns the session cache for key, made on first use. Caches of
+// certificates no longer in use are dropped once there are many.
+func (o *Originator) sessionCache(key string) tls.ClientSessionCache {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	c := o.sessions[key]
+	if c == nil {
+		if len(o.sessions) >= 1024 {
+			clear(o.sessions)
+		}
+		c = tls.NewLRUClientSessionCache(64)
+		o.sessions[key] = c
+	}
+	return c
 }
 
 // cert returns the parsed pair, parsing again when either secret changed version.
