@@ -321,3 +321,18 @@ func TestOriginationDecidesTheEntryPort(t *testing.T) {
 		t.Errorf("got %d %q; want 403 for partner.test:%s, where egressd would connect", code, body, m.port)
 	}
 }
+
+// TestOriginatedAbsoluteHTTPS: "GET https://partner/..." sent to the proxy in
+// absolute form gets the same origination as http://.
+func TestOriginatedAbsoluteHTTPS(t *testing.T) {
+	m := newMTLS(t, partnerSpec())
+	_, br := rawRequest(t, m.addr, "GET https://partner.test/x HTTP/1.1\r\nHost: partner.test\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "hello function-one" {
+		t.Errorf("got %d %q; want the partner's answer over our mutual TLS", resp.StatusCode, body)
+	}
+}

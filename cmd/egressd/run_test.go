@@ -21,8 +21,10 @@ type fixture struct {
 	setup  func(t *testing.T, dir string) // more, such as a secrets store
 	// metricsListen replaces the metrics listener's address.
 	metricsListen string
-	ok            bool
-	want          string // in check's output when it fails
+	// proxyLines are more keys under proxy:, already indented.
+	proxyLines string
+	ok         bool
+	want       string // in check's output when it fails
 }
 
 const baseConfig = `proxy:
@@ -81,6 +83,9 @@ func TestCheckAgreesWithServe(t *testing.T) {
 		{name: "functions file missing", config: "scheduler:\n  functions_file: {dir}/functions.yaml\n", want: "functions.yaml"},
 		{name: "state directory missing", config: "scheduler:\n  functions_file: {dir}/functions.yaml\n  state_file: {dir}/gone/state.json\n",
 			files: map[string]string{"functions.yaml": functions}, want: "is not writable"},
+		{name: "upstream CA file missing", proxyLines: "  upstream_ca_file: {dir}/gone.pem\n", want: "proxy.upstream_ca_file: open"},
+		{name: "upstream CA file without a certificate", proxyLines: "  upstream_ca_file: {dir}/ca.pem\n",
+			files: map[string]string{"ca.pem": "not a certificate\n"}, want: "holds no PEM certificate"},
 		{name: "scheduler ok", config: "scheduler:\n  functions_file: {dir}/functions.yaml\n  state_file: {dir}/state.json\n",
 			files: map[string]string{"functions.yaml": functions}, ok: true},
 		{name: "two listeners on one address", config: "admin:\n  listen: 127.0.0.1:9\n  token_file: {dir}/admin.token\n",
@@ -105,6 +110,7 @@ func TestCheckAgreesWithServe(t *testing.T) {
 			if tt.metricsListen != "" {
 				base = strings.Replace(base, "metrics:\n  listen: 127.0.0.1:0", "metrics:\n  listen: "+tt.metricsListen, 1)
 			}
+			base = strings.Replace(base, "proxy:\n  listen: 127.0.0.1:0\n", "proxy:\n  listen: 127.0.0.1:0\n"+tt.proxyLines, 1)
 			cfg := strings.ReplaceAll(base+tt.config, "{dir}", dir)
 			path := filepath.Join(dir, "egressd.yaml")
 			os.WriteFile(path, []byte(cfg), 0o600)
