@@ -96,6 +96,16 @@ type Proxy struct {
 	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
 	// MaxConnections bounds concurrent client connections. If zero, 4096 is used.
 	MaxConnections int `yaml:"max_connections"`
+	// TransparentListen, if set, is the transparent listener's host:port (on
+	// loopback, such as 127.0.0.1:15001): connections that egressd netns-setup's
+	// rules redirect there are decided by their TLS SNI or HTTP Host. If empty, off.
+	TransparentListen string `yaml:"transparent_listen"`
+	// TransparentVerifyDestination refuses an intercepted connection whose original
+	// address is not among its name's answers, instead of dialling the name's own.
+	TransparentVerifyDestination bool `yaml:"transparent_verify_destination"`
+	// TransparentDropOther makes egressd netns-setup drop the function's other UDP
+	// and ICMP, which egressd cannot decide. If unset, true.
+	TransparentDropOther *bool `yaml:"transparent_drop_other"`
 	// UpstreamCAFile, if set, holds PEM roots trusted beside the system roots for
 	// https:// requests in absolute form to hosts with no upstreams entry.
 	UpstreamCAFile string `yaml:"upstream_ca_file"`
@@ -276,6 +286,10 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.DNS.HostsFile, defaults.HostsFile)
 	setDefault(&c.Admin.Listen, defaults.AdminListen)
 	setDefault(&c.Admin.DenialTargets, defaults.DenialTargets)
+	if c.Proxy.TransparentDropOther == nil {
+		t := true
+		c.Proxy.TransparentDropOther = &t
+	}
 	if c.Scheduler.Enabled == nil {
 		t := true
 		c.Scheduler.Enabled = &t
@@ -505,12 +519,19 @@ func (c *Config) validate(root *yaml.Node) error {
 		}
 	}
 	checkListen([]string{"proxy", "listen"}, c.Proxy.Listen)
+	if c.Proxy.TransparentListen != "" {
+		checkListen([]string{"proxy", "transparent_listen"}, c.Proxy.TransparentListen)
+	}
 	checkListen([]string{"metrics", "listen"}, c.Metrics.Listen)
 	checkListen([]string{"admin", "listen"}, c.Admin.Listen)
 	listeners := map[string]string{}
 	for _, l := range []struct{ key, addr string }{
 		{"proxy.listen", c.Proxy.Listen}, {"metrics.listen", c.Metrics.Listen}, {"admin.listen", c.Admin.Listen},
+		{"proxy.transparent_listen", c.Proxy.TransparentListen},
 	} {
+		if l.addr == "" {
+			continue
+		}
 		if other, dup := listeners[l.addr]; dup && !strings.HasSuffix(l.addr, ":0") {
 			k := strings.Split(l.key, ".")
 			add(k, "%q is also %s; give each listener its own port", l.addr, other)
