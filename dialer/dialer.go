@@ -229,6 +229,18 @@ func (d *Dialer) resolve(ctx context.Context, host string) ([]netip.Addr, error)
 	return addrs, nil
 }
 
+// Lookup returns the addresses host resolves to, for a check against them; it dials
+// nothing. Every error is an *Error.
+func (d *Dialer) Lookup(ctx context.Context, host string) ([]netip.Addr, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	addrs, err := d.resolve(ctx, host)
+	if err != nil {
+		return nil, &Error{Status: http.StatusBadGateway, Reason: "dns", Target: host, err: err}
+	}
+	return addrs, nil
+}
+
 // Dial connects to host:port, where host is the normalized name (or address) that
 // the policy decided. Every error is an *Error.
 func (d *Dialer) Dial(ctx context.Context, host string, port uint16) (*net.TCPConn, error) {

@@ -24,6 +24,9 @@ const (
 	// Reasons the proxy adds after the allowlist has allowed a target.
 	ReasonPrivateAddress Reason = "private address" // the private-address guard
 	ReasonLoop           Reason = "proxy loop"      // a request to egressd itself
+	// ReasonDestinationMismatch: an intercepted connection went to an address its
+	// name does not resolve to (proxy.transparent_verify_destination).
+	ReasonDestinationMismatch Reason = "destination not the name's address"
 )
 
 type hintKind uint8

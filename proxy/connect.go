@@ -46,7 +46,13 @@ func (p *Proxy) startTunnel(ex *exchange, client net.Conn) {
 	}
 	ex.status = http.StatusOK
 	ex.answered()
+	p.relay(ex, client, upstream)
+}
 
+// relay hands client and upstream to a tunnel: the bytes the client sent early (an
+// earlyConn) go upstream first, then two copiers move the rest. The tunnel owns ex
+// from then on and finishes it when it ends.
+func (p *Proxy) relay(ex *exchange, client net.Conn, upstream *net.TCPConn) {
 	if ec, ok := client.(*earlyConn); ok {
 		client = ec.Conn
 		n, err := upstream.Write(ec.early)

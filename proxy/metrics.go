@@ -27,11 +27,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressd_requests_total",
-			Help: "Proxy requests by kind (http, connect) and decision (allow, deny, report: denied but let through in report mode).",
+			Help: "Proxy requests by kind (http, connect, transparent) and decision (allow, deny, report: denied but let through in report mode).",
 		}, []string{"kind", "decision"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "egressd_request_duration_seconds",
-			Help:    "Time to serve a plain HTTP request, or to decide and establish a CONNECT tunnel.",
+			Help:    "Time to serve a plain HTTP request, or to decide and establish a CONNECT or intercepted tunnel.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"kind"}),
 		tunnelsActive: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -64,7 +64,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	// first scrape.
 	m.requestsBy = map[string]map[string]prometheus.Counter{}
 	m.durationBy = map[string]prometheus.Observer{}
-	for _, k := range []string{kindHTTP, kindConnect} {
+	for _, k := range []string{kindHTTP, kindConnect, kindTransparent} {
 		m.requestsBy[k] = map[string]prometheus.Counter{}
 		for _, d := range []string{decisionAllow, decisionDeny, decisionReport} {
 			m.requestsBy[k][d] = m.requests.WithLabelValues(k, d)
@@ -80,8 +80,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 }
 
 const (
-	kindHTTP    = "http"
-	kindConnect = "connect"
+	kindHTTP        = "http"
+	kindConnect     = "connect"
+	kindTransparent = "transparent" // a connection the interception rules redirected
 
 	decisionAllow  = "allow"
 	decisionDeny   = "deny"

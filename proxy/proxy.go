@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -53,6 +54,9 @@ type Options struct {
 	// CloseRevokedTunnels closes an open tunnel when SetPolicy installs a policy that
 	// no longer allows its target.
 	CloseRevokedTunnels bool
+	// TransparentVerifyDestination refuses an intercepted connection whose original
+	// address is not among its name's addresses, instead of dialling the name's own.
+	TransparentVerifyDestination bool
 	// Dialer resolves, checks and connects to upstreams. If nil, a dialer.Dialer with
 	// the system resolver, the guard, the IP and CIDR rules of the policy in force as
 	// exemptions, and a 10s timeout.
@@ -106,6 +110,8 @@ type Proxy struct {
 	// written: what a shutdown waits for.
 	tunnelsLive atomic.Int64
 	ready       atomic.Bool
+	mu          sync.Mutex
+	transparent []net.Listener // closed by Shutdown
 }
 
 // New returns a Proxy. It starts nothing: no listener, no goroutine.
@@ -258,6 +264,11 @@ func every(d time.Duration, f func()) (stop func()) {
 // done, then closes what is left.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.ready.Store(false)
+	p.mu.Lock()
+	for _, ln := range p.transparent {
+		ln.Close()
+	}
+	p.mu.Unlock()
 	err := p.srv.Shutdown(ctx)
 	// Hijacked tunnels are not the server's to wait for; they are ours.
 	p.waitTunnels(ctx)
@@ -279,6 +290,11 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 
 // close ends serving at once, for tests: no drain.
 func (p *Proxy) close() {
+	p.mu.Lock()
+	for _, ln := range p.transparent {
+		ln.Close()
+	}
+	p.mu.Unlock()
 	p.srv.Close()
 	p.tunnels.closeAll(closeShutdown)
 	p.upstreams.close()

@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"encoding/binary"
 	"net"
+	"net/netip"
 	"syscall"
 	"time"
 
@@ -46,4 +48,45 @@ func idleOpen(c *net.TCPConn) bool {
 		return true // never wait for readiness
 	})
 	return err == nil && open
+}
+
+// originalDst is where a connection redirected by nftables was going
+// (SO_ORIGINAL_DST, or IP6T_SO_ORIGINAL_DST for IPv6).
+func originalDst(c *net.TCPConn) (netip.AddrPort, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	v6 := false
+	if la, ok := c.LocalAddr().(*net.TCPAddr); ok && la.IP.To4() == nil {
+		v6 = true
+	}
+	const soOriginalDst = 80 // SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST
+	var ap netip.AddrPort
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		if v6 {
+			info, err := unix.GetsockoptIPv6MTUInfo(int(fd), unix.SOL_IPV6, soOriginalDst)
+			if err != nil {
+				serr = err
+				return
+			}
+			// The struct holds the port in network order: read its bytes as they lie.
+			port := binary.BigEndian.Uint16(binary.NativeEndian.AppendUint16(nil, info.Addr.Port))
+			ap = netip.AddrPortFrom(netip.AddrFrom16(info.Addr.Addr).Unmap(), port)
+			return
+		}
+		mreq, err := unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, soOriginalDst)
+		if err != nil {
+			serr = err
+			return
+		}
+		sa := mreq.Multiaddr // struct sockaddr_in: family, port (network order), address
+		port := uint16(sa[2])<<8 | uint16(sa[3])
+		ap = netip.AddrPortFrom(netip.AddrFrom4([4]byte{sa[4], sa[5], sa[6], sa[7]}), port)
+	})
+	if err == nil {
+		err = serr
+	}
+	return ap, err
 }

@@ -56,13 +56,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 // listeners are the app's sockets; close closes every one opened.
 type listeners struct {
-	proxy, metrics, admin net.Listener
-	dnsUDP                net.PacketConn
-	dnsTCP                net.Listener
+	proxy, metrics, admin, transparent net.Listener
+	dnsUDP                             net.PacketConn
+	dnsTCP                             net.Listener
 }
 
 func (l *listeners) close() {
-	for _, c := range []io.Closer{l.proxy, l.metrics, l.admin, l.dnsUDP, l.dnsTCP} {
+	for _, c := range []io.Closer{l.proxy, l.metrics, l.admin, l.transparent, l.dnsUDP, l.dnsTCP} {
 		if c != nil {
 			c.Close()
 		}
@@ -83,6 +83,11 @@ func (a *app) listen() (l *listeners, err error) {
 	}
 	if l.metrics, err = net.Listen("tcp", c.Metrics.Listen); err != nil {
 		return nil, fmt.Errorf("metrics listener: %w", err)
+	}
+	if c.Proxy.TransparentListen != "" {
+		if l.transparent, err = proxy.Listen(c.Proxy.TransparentListen); err != nil {
+			return nil, fmt.Errorf("transparent listener: %w", err)
+		}
 	}
 	if c.DNS.Listen != "" {
 		if l.dnsUDP, l.dnsTCP, err = dnsserver.Listen(c.DNS.Listen); err != nil {
@@ -166,8 +171,13 @@ func (a *app) serve(ctx context.Context) error {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() { errc <- ignoreClosed(p.Serve(l.proxy)) }()
+	transparentAddr := ""
+	if l.transparent != nil {
+		transparentAddr = l.transparent.Addr().String()
+		go func() { errc <- p.ServeTransparent(l.transparent) }()
+	}
 	go func() { errc <- ignoreClosed(metricsSrv.Serve(l.metrics)) }()
 
 	watchCtx, stopWatch := context.WithCancel(ctx)
@@ -200,7 +210,7 @@ func (a *app) serve(ctx context.Context) error {
 	defer signal.Stop(hup)
 
 	log.Info("egressd started", "version", versionString(), "mode", string(c.Mode), "dns", a.res.Upstreams(),
-		"proxy", l.proxy.Addr().String(), "metrics", l.metrics.Addr().String(), "dns_listener", dnsAddr, "admin", adminAddr, "config", c.File)
+		"proxy", l.proxy.Addr().String(), "metrics", l.metrics.Addr().String(), "dns_listener", dnsAddr, "admin", adminAddr, "transparent", transparentAddr, "config", c.File)
 
 	var runErr error
 loop:
