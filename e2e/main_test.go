@@ -30,11 +30,15 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	if helper := os.Getenv("EGRESSD_E2E_HELPER"); helper != "" {
+		os.Exit(runHelper(helper, os.Args[1:])) // a process a test runs inside a namespace
+	}
 	dir, err := os.MkdirTemp("", "egressd-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	os.Chmod(dir, 0o755) // the binary runs as other users too (interception tests)
 	binary = filepath.Join(dir, "egressd")
 	build := exec.Command("go", "build", "-race", "-o", binary, "../cmd/egressd")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
