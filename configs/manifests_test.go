@@ -3,6 +3,7 @@ package configs
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -67,6 +68,10 @@ type container struct {
 	SecurityContext struct {
 		ReadOnlyRootFilesystem bool `yaml:"readOnlyRootFilesystem"`
 		RunAsNonRoot           bool `yaml:"runAsNonRoot"`
+		RunAsUser              *int `yaml:"runAsUser"`
+		Capabilities           struct {
+			Add, Drop []string
+		}
 	} `yaml:"securityContext"`
 }
 
@@ -169,6 +174,40 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	if eg == nil || fn == nil {
 		t.Fatal("the Deployment needs a function container and egressd as an init container (a native sidecar)")
+	}
+	// Interception: an init container with NET_ADMIN alone runs netns-setup before
+	// egressd starts, excluding the user egressd runs as, and egressd listens where
+	// the rules redirect to.
+	var setup *container
+	setupAt := slices.IndexFunc(pod.InitContainers, func(c container) bool { return slices.Contains(c.Args, "netns-setup") })
+	if setupAt >= 0 {
+		setup = &pod.InitContainers[setupAt]
+	}
+	switch {
+	case setup == nil:
+		t.Error("no init container runs egressd netns-setup: the allowlist would bind only code that honours HTTP_PROXY")
+	case setupAt > slices.IndexFunc(pod.InitContainers, func(c container) bool { return c.Name == "egressd" }):
+		t.Error("netns-setup must run before the egressd sidecar starts")
+	case !slices.Equal(setup.SecurityContext.Capabilities.Add, []string{"NET_ADMIN"}) || !slices.Equal(setup.SecurityContext.Capabilities.Drop, []string{"ALL"}):
+		t.Errorf("netns-setup's capabilities = %+v; want NET_ADMIN only", setup.SecurityContext.Capabilities)
+	case setup.RestartPolicy == "Always":
+		t.Error("netns-setup must run once and exit, not as a sidecar")
+	}
+	if setup != nil {
+		uid := "65532"
+		if i := slices.Index(setup.Args, "--exclude-uid"); i >= 0 {
+			uid = setup.Args[i+1]
+		}
+		egressdUID := pod.SecurityContext.RunAsUser
+		if eg.SecurityContext.RunAsUser != nil {
+			egressdUID = *eg.SecurityContext.RunAsUser
+		}
+		if uid != fmt.Sprint(egressdUID) {
+			t.Errorf("netns-setup excludes uid %s but egressd runs as %d: egressd's own connections would loop", uid, egressdUID)
+		}
+	}
+	if c.Proxy.TransparentListen == "" || c.DNS.Listen == "" {
+		t.Error("the config has no proxy.transparent_listen or dns.listen for the rules to redirect to")
 	}
 	// A native sidecar: started before the function, stopped after it.
 	if eg.RestartPolicy != "Always" {
