@@ -66,14 +66,24 @@ func run(args []string) int {
 	fs.DurationVar(&s.duration, "duration", 3*time.Second, "length of each timed round")
 	fs.IntVar(&s.idle, "idle-tunnels", 2000, "idle tunnels held open for the memory figure")
 	quick := fs.Bool("quick", false, "a smoke run: 64 MiB, 1 round, 1s rounds, 200 idle tunnels")
-	only := fs.String("only", "", "comma-separated workloads to run: throughput, http, tunnels, memory, mtls; empty: all")
+	only := fs.String("only", "", "comma-separated workloads to run: throughput, http, tunnels, memory, mtls, transparent; empty: all")
 	fs.StringVar(&s.baseline, "baseline", "", "also run egressd built from this git revision (before/after a change)")
 	bare := fs.String("bare-connect", "", "run only the bare CONNECT relay on this loopback address (the bench starts it)")
+	origin := fs.String("serve-origin", "", "run only the transparent workload's origin on this address (the bench starts it)")
+	connLoadMode := fs.String("conn-load", "", "run only the transparent workload's load: transparent or connect, then clients and duration")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if *bare != "" {
 		return serveBareConnect(*bare)
+	}
+	if *origin != "" {
+		return serveOrigin(*origin)
+	}
+	if *connLoadMode != "" {
+		conc, _ := strconv.Atoi(fs.Arg(0))
+		d, _ := time.ParseDuration(fs.Arg(1))
+		return connLoad(*connLoadMode, max(conc, 1), max(d, time.Second))
 	}
 	if *quick {
 		s = settings{rounds: 1, bytes: 64 << 20, httpClients: 16, tunnelConc: 8, duration: time.Second, idle: 200, baseline: s.baseline}
@@ -242,6 +252,11 @@ func bench(s settings) error {
 	if s.runs("mtls") {
 		if err := benchMTLS(s, dir); err != nil {
 			return fmt.Errorf("mtls: %w", err)
+		}
+	}
+	if s.runs("transparent") {
+		if err := benchTransparent(s, dir); err != nil {
+			return fmt.Errorf("transparent: %w", err)
 		}
 	}
 	return nil
