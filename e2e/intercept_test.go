@@ -47,7 +47,11 @@ func newNetns(t *testing.T, addrs ...string) *netns {
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", n.name).Run() })
 	n.run("ip", "link", "set", "lo", "up")
 	for _, a := range addrs {
-		n.run("ip", "addr", "add", a+"/32", "dev", "lo")
+		bits := "/32"
+		if strings.Contains(a, ":") {
+			bits = "/128"
+		}
+		n.run("ip", "addr", "add", a+bits, "dev", "lo")
 	}
 	n.dir = t.TempDir()
 	// Every user of the test reads here: the directory and the one testing makes it in.
@@ -177,7 +181,7 @@ const functionUID = 1000
 // ignores HTTP_PROXY (curl with no proxy settings, a raw TCP client, a DNS client,
 // running as another user) is held to the allowlist all the same.
 func TestInterception(t *testing.T) {
-	n := newNetns(t, "192.0.2.10", "192.0.2.20", "192.0.2.30", "192.0.2.31")
+	n := newNetns(t, "192.0.2.10", "192.0.2.20", "192.0.2.30", "192.0.2.31", "2001:db8::20")
 	ca := testca.New(t, "interception CA")
 	os.Mkdir(filepath.Join(n.dir, "hits"), 0o777)
 	cert, key := ca.Issue(t, "allowed.test", time.Now().Add(time.Hour), false)
@@ -246,6 +250,17 @@ allowlist: [allow.txt]
 		}
 		if out, ok := n.output(functionUID, "env", "EGRESSD_E2E_HELPER=dial", n.exe, "192.0.2.30:7000"); !ok || out != "pong from ip-rule\n" {
 			t.Errorf("a raw connection to an address with an IP rule: %q, %v", out, ok)
+		}
+	})
+	t.Run("ipv6", func(t *testing.T) {
+		// An IPv6 address of the namespace with nothing on it: the rules take the
+		// connection to egressd's [::1] listener, which dials the name's own address.
+		out, ok := curl("-6", "--resolve", "allowed.test:443:[2001:db8::20]", "https://allowed.test/")
+		if !ok || out != "hello from allowed\n" {
+			t.Errorf("https://allowed.test/ over IPv6: %q, %v", out, ok)
+		}
+		if out, ok := curl("-6", "--resolve", "denied.test:443:[2001:db8::20]", "https://denied.test/"); ok {
+			t.Errorf("https://denied.test/ over IPv6 went through: %q", out)
 		}
 	})
 	t.Run("sni spoofing", func(t *testing.T) {

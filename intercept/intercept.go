@@ -74,12 +74,14 @@ func rules(o Options) []rule {
 		familyText = "meta nfproto ipv4 "
 	}
 	if o.DNSPort != 0 {
+		// IPv4 only: the DNS listener is on 127.0.0.1. DNS over IPv6 is then UDP that
+		// DropOther drops, or TCP that the transparent listener refuses (no name).
 		for _, proto := range []struct {
 			name string
 			num  byte
 		}{{"udp", unix.IPPROTO_UDP}, {"tcp", unix.IPPROTO_TCP}} {
-			rs = append(rs, rule{natChain, fmt.Sprintf("%smeta l4proto %s th dport 53 redirect to :%d", familyText, proto.name, o.DNSPort),
-				cat(redirectFamily(), l4proto(proto.num), dport(53), redirect(o.DNSPort))})
+			rs = append(rs, rule{natChain, fmt.Sprintf("meta nfproto ipv4 meta l4proto %s th dport 53 redirect to :%d", proto.name, o.DNSPort),
+				cat(nfproto(unix.NFPROTO_IPV4), l4proto(proto.num), dport(53), redirect(o.DNSPort))})
 		}
 	}
 	rs = append(rs, rule{natChain, fmt.Sprintf("%smeta l4proto tcp redirect to :%d", familyText, o.ProxyPort),

@@ -52,7 +52,7 @@ func TestApplyRemoveIdempotent(t *testing.T) {
 		got := string(out)
 		for _, want := range []string{
 			"meta skuid 65532 return", "ip daddr 127.0.0.0/8 return", "ip6 daddr ::1 return",
-			"udp dport 53 redirect to :15053", "tcp dport 53 redirect to :15053", "meta l4proto tcp redirect to :15001",
+			"meta nfproto ipv4 udp dport 53 redirect to :15053", "meta nfproto ipv4 tcp dport 53 redirect to :15053", "meta l4proto tcp redirect to :15001",
 			"meta skuid 65532 accept", "meta l4proto udp drop", "meta l4proto icmp drop", "meta l4proto ipv6-icmp drop",
 		} {
 			if !strings.Contains(got, want) {

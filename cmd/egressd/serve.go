@@ -56,13 +56,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 // listeners are the app's sockets; close closes every one opened.
 type listeners struct {
-	proxy, metrics, admin, transparent net.Listener
+	proxy, metrics, admin, transparent, transparent6 net.Listener
 	dnsUDP                             net.PacketConn
 	dnsTCP                             net.Listener
 }
 
 func (l *listeners) close() {
-	for _, c := range []io.Closer{l.proxy, l.metrics, l.admin, l.transparent, l.dnsUDP, l.dnsTCP} {
+	for _, c := range []io.Closer{l.proxy, l.metrics, l.admin, l.transparent, l.transparent6, l.dnsUDP, l.dnsTCP} {
 		if c != nil {
 			c.Close()
 		}
@@ -87,6 +87,14 @@ func (a *app) listen() (l *listeners, err error) {
 	if c.Proxy.TransparentListen != "" {
 		if l.transparent, err = proxy.Listen(c.Proxy.TransparentListen); err != nil {
 			return nil, fmt.Errorf("transparent listener: %w", err)
+		}
+		// The rules redirect IPv6 to ::1 on the same port: listen there too when the
+		// listener is on IPv4 loopback and the namespace has IPv6.
+		if host, port, _ := net.SplitHostPort(c.Proxy.TransparentListen); host == "127.0.0.1" {
+			if l.transparent6, err = proxy.Listen(net.JoinHostPort("::1", port)); err != nil {
+				a.log.Info("no IPv6 transparent listener; intercepted IPv6 connections are refused", "error", err.Error())
+				l.transparent6, err = nil, nil
+			}
 		}
 	}
 	if c.DNS.Listen != "" {
@@ -171,12 +179,15 @@ func (a *app) serve(ctx context.Context) error {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	go func() { errc <- ignoreClosed(p.Serve(l.proxy)) }()
 	transparentAddr := ""
 	if l.transparent != nil {
 		transparentAddr = l.transparent.Addr().String()
 		go func() { errc <- p.ServeTransparent(l.transparent) }()
+		if l.transparent6 != nil {
+			go func() { errc <- p.ServeTransparent(l.transparent6) }()
+		}
 	}
 	go func() { errc <- ignoreClosed(metricsSrv.Serve(l.metrics)) }()
 
