@@ -57,8 +57,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 // listeners are the app's sockets; close closes every one opened.
 type listeners struct {
 	proxy, metrics, admin, transparent, transparent6 net.Listener
-	dnsUDP                             net.PacketConn
-	dnsTCP                             net.Listener
+	dnsUDP                                           net.PacketConn
+	dnsTCP                                           net.Listener
 }
 
 func (l *listeners) close() {
