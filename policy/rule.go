@@ -32,8 +32,16 @@ type Rule struct {
 	Port   uint16       // the one port allowed; if zero, the configured default ports
 }
 
-// Location returns "file:line", the place an operator edits.
+// ManagedSource is the File of rules managed through the admin API: they have no
+// file an operator edits, and Location names them "managed:<rule>".
+const ManagedSource = "managed"
+
+// Location returns "file:line", the place an operator edits, or "managed:<rule>"
+// for a rule managed through the admin API.
 func (r *Rule) Location() string {
+	if r.File == ManagedSource {
+		return ManagedSource + ":" + r.Text
+	}
 	if r.File == "" {
 		return "line " + strconv.Itoa(r.Line)
 	}

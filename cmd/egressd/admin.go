@@ -1,14 +1,20 @@
 package main
 
 import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/egressd/egressd/admin"
 	"github.com/egressd/egressd/diag"
 	"github.com/egressd/egressd/guard"
 	"github.com/egressd/egressd/internal/reload"
+	"github.com/egressd/egressd/managed"
 	"github.com/egressd/egressd/originate"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/proxy"
@@ -92,4 +98,72 @@ func upstreamsJSON(t *originate.Table) []upstreamJSON {
 			CA: e.TLS.CA, ServerName: e.TLS.ServerName, InjectHeaders: append([]string{}, e.HeaderNames()...), Secrets: append([]string{}, e.SecretNames()...)})
 	}
 	return out
+}
+
+// allowlistRoutes serves the managed allowlist: GET /v1/allowlist (every rule in
+// force with its source, and the managed ones), POST /v1/allowlist {"rule"},
+// DELETE /v1/allowlist/{rule}. A change is in force when it is answered.
+func allowlistRoutes(h *admin.Handler, store managed.Store, reloader *reload.Reloader, p *proxy.Proxy) {
+	h.Handle("GET /v1/allowlist", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		rules, err := store.List()
+		if err != nil {
+			admin.WriteError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		inForce := []ruleJSON{}
+		if m := p.Policy(); m != nil {
+			for _, r := range m.Rules() {
+				inForce = append(inForce, ruleJSON{r.Text, r.File, r.Line})
+			}
+		}
+		admin.WriteJSON(w, http.StatusOK, map[string]any{"managed": append([]string{}, rules...), "rules": inForce})
+	}))
+	h.Handle("POST /v1/allowlist", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			Rule string `json:"rule"`
+		}
+		if err := json.NewDecoder(io.LimitReader(r.Body, 8192)).Decode(&body); err != nil || body.Rule == "" {
+			admin.WriteError(w, http.StatusBadRequest, `the body must be JSON: {"rule": "api.example.com"}`)
+			return
+		}
+		if err := store.Add(body.Rule); err != nil {
+			writeManagedError(w, err)
+			return
+		}
+		reloader.Load()
+		admin.WriteJSON(w, http.StatusCreated, map[string]string{"rule": strings.TrimSpace(body.Rule), "source": policy.ManagedSource})
+	}))
+	h.Handle("DELETE /v1/allowlist/{rule...}", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rule := r.PathValue("rule")
+		err := store.Remove(rule)
+		if errors.Is(err, managed.ErrNotFound) {
+			if m := p.Policy(); m != nil {
+				for _, fr := range m.Rules() {
+					if fr.Text == rule && fr.File != policy.ManagedSource {
+						admin.WriteError(w, http.StatusConflict, fmt.Sprintf("%s comes from %s: file rules belong to their file (a ConfigMap); edit it there", rule, fr.Location()))
+						return
+					}
+				}
+			}
+		}
+		if err != nil {
+			writeManagedError(w, err)
+			return
+		}
+		reloader.Load()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+}
+
+func writeManagedError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, managed.ErrInvalid):
+		admin.WriteError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, managed.ErrExists):
+		admin.WriteError(w, http.StatusConflict, err.Error())
+	case errors.Is(err, managed.ErrNotFound):
+		admin.WriteError(w, http.StatusNotFound, err.Error())
+	default:
+		admin.WriteError(w, http.StatusServiceUnavailable, err.Error())
+	}
 }

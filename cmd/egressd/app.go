@@ -20,6 +20,7 @@ import (
 	"github.com/egressd/egressd/guard"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/reload"
+	"github.com/egressd/egressd/managed"
 	"github.com/egressd/egressd/originate"
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/proxy"
@@ -49,6 +50,7 @@ type app struct {
 	proxy      *proxy.Proxy
 	originator *originate.Originator
 	reloader   *reload.Reloader
+	managed    managed.Store // nil: no managed rules (no managed_allowlist, no cluster)
 	adminToken string // empty: no admin API
 }
 
@@ -182,15 +184,31 @@ func upstreamRoots(file string) (*x509.CertPool, error) {
 }
 
 func (a *app) loadPolicy() error {
-	var err error
-	a.reloader, err = reload.New(reload.Options{
+	opts := reload.Options{
 		FS:         a.fsys,
 		Paths:      a.c.Allowlist,
 		Policy:     policyOptions(a.c),
 		Apply:      a.proxy.SetPolicy,
 		Logger:     a.log,
 		Registerer: a.reg,
-	})
+	}
+	if f := a.c.ManagedAllowlist.File; f != "" {
+		if err := writableDir("managed_allowlist.file", f); err != nil {
+			return err
+		}
+		file := managed.NewFile(f)
+		a.managed = file
+		opts.WatchAlso = []string{f}
+	}
+	if a.managed != nil {
+		store := a.managed
+		opts.Managed = func() ([]byte, error) {
+			rules, err := store.List()
+			return managed.Text(rules), err
+		}
+	}
+	var err error
+	a.reloader, err = reload.New(opts)
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/egressd/egressd/configs"
 	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/managed"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -77,4 +78,21 @@ func configCommand(name, summary, failNote string, args []string, stderr io.Writ
 		return nil, nil, exitFail, false
 	}
 	return c, fsys, 0, true
+}
+
+// loadPolicy loads the config's allowlist as serve does: its files and, in
+// single-node mode, the managed rules' file. For explain and a local trace.
+func loadPolicy(c *config.Config, fsys policy.FS) (policy.Result, error) {
+	files, problems := policy.ReadFiles(fsys, c.Allowlist)
+	if f := c.ManagedAllowlist.File; f != "" {
+		rules, err := managed.NewFile(f).List()
+		if err != nil {
+			problems = append(problems, policy.Problem{File: policy.ManagedSource, Msg: err.Error()})
+		}
+		files = append(files, policy.File{Name: policy.ManagedSource, Data: managed.Text(rules)})
+	}
+	if len(problems) > 0 {
+		return policy.Result{}, problems
+	}
+	return policy.CompileFiles(files, c.Allowlist, policyOptions(c))
 }

@@ -89,7 +89,7 @@ func localTracer(cfgPath string) (*diag.Tracer, error) {
 	if err != nil {
 		return nil, err
 	}
-	res, err := policy.Load(fsys, c.Allowlist, policyOptions(c))
+	res, err := loadPolicy(c, fsys)
 	if err != nil {
 		return nil, err
 	}

@@ -33,7 +33,7 @@ func runExplain(_ context.Context, args []string, stdout, stderr io.Writer) int 
 		printProblems(stderr, err)
 		return exitUsage
 	}
-	res, err := policy.Load(fsys, c.Allowlist, policyOptions(c))
+	res, err := loadPolicy(c, fsys)
 	if err != nil {
 		printProblems(stderr, err)
 		return exitUsage

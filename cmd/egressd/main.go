@@ -50,6 +50,7 @@ func commands() []command {
 		{"denials", "[--admin URL] [--token-file FILE]", "show what a running egressd denied most recently", runDenials},
 		{"secrets", "list|create|delete|init|rotate-key", "manage the encrypted secret store", runSecrets},
 		{"schedules", "list|create|delete|run", "manage cron schedules of a running egressd", runSchedules},
+		{"allowlist", "list|add|remove", "manage the allowlist rules kept through the admin API", runAllowlist},
 		{"netns-setup", "[--dry-run | --remove]", "install the transparent-interception rules in this network namespace", runNetnsSetup},
 		{"version", "", "print the version", runVersion},
 	}

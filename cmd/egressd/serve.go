@@ -159,6 +159,12 @@ func (a *app) serve(ctx context.Context) error {
 		if a.store != nil {
 			secrets.AdminRoutes(a.store, h.Handle)
 		}
+		if a.managed != nil {
+			allowlistRoutes(h, a.managed, a.reloader, p)
+		} else {
+			h.Handle("/v1/allowlist", managedOff())
+			h.Handle("/v1/allowlist/", managedOff())
+		}
 		if a.sched != nil {
 			scheduler.AdminRoutes(a.sched, h.Handle)
 		} else {
@@ -293,6 +299,14 @@ func (a *app) reloadUpstreams() {
 	}
 	a.proxy.SetUpstreams(t)
 	a.log.Info("upstreams reloaded (other config changes take effect at the next start)", "entries", len(t.Entries()))
+}
+
+// managedOff answers the managed-allowlist endpoints of an egressd with no place to
+// keep managed rules.
+func managedOff() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		admin.WriteError(w, http.StatusNotFound, "this egressd keeps no managed rules: set managed_allowlist.file (or run in cluster mode)")
+	})
 }
 
 // schedulerOff answers the schedule endpoints of an egressd that runs no scheduler,

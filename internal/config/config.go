@@ -54,6 +54,9 @@ type Config struct {
 	// DNS configures egressd's resolver, the private-address guard and the optional
 	// DNS listener.
 	DNS DNS `yaml:"dns"`
+	// ManagedAllowlist is where the rules managed through the admin API live in
+	// single-node mode. Without it (and without a cluster) there are none.
+	ManagedAllowlist ManagedAllowlist `yaml:"managed_allowlist"`
 	// Upstreams are the hosts whose TLS egressd makes itself, with a client
 	// certificate from the secret store, and the headers it injects for them. They
 	// are reloaded when the config file changes; other keys need a restart.
@@ -118,6 +121,13 @@ type Proxy struct {
 	// CloseRevokedTunnels closes an open tunnel when a reload removes the rule that
 	// allowed it. If unset, true.
 	CloseRevokedTunnels *bool `yaml:"close_revoked_tunnels"`
+}
+
+// ManagedAllowlist configures the managed rules' file.
+type ManagedAllowlist struct {
+	// File holds the managed rules, one a line; egressd writes it durably and
+	// watches it. It is created on the first rule added.
+	File string `yaml:"file"`
 }
 
 // Upstream is one upstreams entry.
@@ -326,7 +336,7 @@ func LoadFile(name string) (*Config, error) {
 	}
 	c.DNS.HostsFile, c.DNS.ResolvConf = relative(c.DNS.HostsFile), relative(c.DNS.ResolvConf)
 	for _, p := range []*string{&c.Admin.TokenFile, &c.Secrets.File, &c.Secrets.KeyFile, &c.Secrets.PreviousKeyFile,
-		&c.Secrets.RuntimeTokenFile, &c.Scheduler.FunctionsFile, &c.Scheduler.StateFile, &c.Proxy.UpstreamCAFile} {
+		&c.Secrets.RuntimeTokenFile, &c.Scheduler.FunctionsFile, &c.Scheduler.StateFile, &c.Proxy.UpstreamCAFile, &c.ManagedAllowlist.File} {
 		if *p != "" {
 			*p = relative(*p)
 		}

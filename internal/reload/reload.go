@@ -38,6 +38,12 @@ type Options struct {
 	Paths  []string              // allowlist files and directories
 	Policy policy.Options        // what the matcher is compiled with
 	Apply  func(*policy.Matcher) // installs a new policy; called once per successful load
+	// Managed, if set, returns the rules managed through the admin API, as an
+	// allowlist file's text; they are compiled with the files' rules, under the name
+	// policy.ManagedSource.
+	Managed func() ([]byte, error)
+	// WatchAlso are more files to watch (the managed rules' file).
+	WatchAlso []string
 	// Debounce coalesces bursts of file events. If zero, DefaultDebounce.
 	Debounce time.Duration
 	// Settle is the time between the two reads of a reload, which must agree. If
@@ -118,8 +124,22 @@ func (r *Reloader) Status() *Status { return r.status.Load() }
 func (r *Reloader) Load() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	files, problems := policy.ReadFiles(r.opts.FS, r.opts.Paths)
+	files, problems := r.read()
 	return r.applyLocked(files, problems)
+}
+
+// read reads the allowlist files and the managed rules.
+func (r *Reloader) read() ([]policy.File, policy.Problems) {
+	files, problems := policy.ReadFiles(r.opts.FS, r.opts.Paths)
+	if r.opts.Managed != nil {
+		data, err := r.opts.Managed()
+		if err != nil {
+			problems = append(problems, policy.Problem{File: policy.ManagedSource, Msg: err.Error()})
+		} else {
+			files = append(files, policy.File{Name: policy.ManagedSource, Data: data})
+		}
+	}
+	return files, problems
 }
 
 // reloadSettled is the reload after a change: it applies the files once two reads
@@ -131,10 +151,10 @@ func (r *Reloader) reloadSettled() {
 		r.retry.Stop()
 		r.retry = nil
 	}
-	files, problems := policy.ReadFiles(r.opts.FS, r.opts.Paths)
+	files, problems := r.read()
 	for range 40 { // at most 40 settles (2s by default) of a file changing all along
 		time.Sleep(r.opts.Settle)
-		again, againProblems := policy.ReadFiles(r.opts.FS, r.opts.Paths)
+		again, againProblems := r.read()
 		if sameFiles(files, again) && againProblems.Error() == problems.Error() {
 			if wait := r.suspectWaitLocked(again); wait > 0 {
 				r.log.Info("allowlist file looks half-written; waiting for it to settle", "wait", wait)
@@ -165,8 +185,8 @@ func (r *Reloader) suspectWaitLocked(files []policy.File) time.Duration {
 	seen := map[string]suspectSeen{}
 	for _, f := range files {
 		old, inForce := r.inForce[f.Name]
-		if inForce && bytes.Equal(old, f.Data) {
-			continue
+		if f.Name == policy.ManagedSource || inForce && bytes.Equal(old, f.Data) {
+			continue // managed rules change whole, never half-written
 		}
 		emptied := inForce && len(bytes.TrimSpace(old)) > 0 && len(bytes.TrimSpace(f.Data)) == 0
 		partial := len(f.Data) > 0 && f.Data[len(f.Data)-1] != '\n'
@@ -251,5 +271,5 @@ func (r *Reloader) Watch(ctx context.Context) error {
 		}
 		r.mu.Unlock()
 	}()
-	return watch.Paths(ctx, r.opts.Paths, r.opts.Debounce, r.log, r.reloadSettled)
+	return watch.Paths(ctx, append(slices.Clone(r.opts.Paths), r.opts.WatchAlso...), r.opts.Debounce, r.log, r.reloadSettled)
 }
