@@ -51,7 +51,7 @@ type app struct {
 	originator *originate.Originator
 	reloader   *reload.Reloader
 	managed    managed.Store // nil: no managed rules (no managed_allowlist, no cluster)
-	adminToken string // empty: no admin API
+	adminToken string        // empty: no admin API
 }
 
 // newApp builds the app. Each step is a constructor; the first that fails ends it.
