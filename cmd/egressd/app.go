@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/admin"
+	"github.com/egressd/egressd/cluster"
 	"github.com/egressd/egressd/diag"
 	"github.com/egressd/egressd/dialer"
 	"github.com/egressd/egressd/guard"
@@ -50,8 +52,10 @@ type app struct {
 	proxy      *proxy.Proxy
 	originator *originate.Originator
 	reloader   *reload.Reloader
-	managed    managed.Store // nil: no managed rules (no managed_allowlist, no cluster)
-	adminToken string        // empty: no admin API
+	managed    managed.Store      // nil: no managed rules (no managed_allowlist, no cluster)
+	cluster    *cluster.Cluster   // nil: not in cluster mode, or check
+	clusterAL  *cluster.Allowlist // the managed rules on etcd, in cluster mode
+	adminToken string             // empty: no admin API
 }
 
 // newApp builds the app. Each step is a constructor; the first that fails ends it.
@@ -70,7 +74,7 @@ func newApp(c *config.Config, fsys policy.FS, log *slog.Logger, writes bool) (*a
 		Exempt:   liveExemption(func() *policy.Matcher { return a.proxy.Policy() }),
 		Timeout:  c.Proxy.DialTimeout,
 	})
-	for _, step := range []func() error{a.openSecrets, a.openScheduler, a.newProxy, a.loadPolicy, a.readAdminToken} {
+	for _, step := range []func() error{a.openSecrets, a.openScheduler, a.newProxy, a.joinCluster, a.loadPolicy, a.readAdminToken} {
 		if err := step(); err != nil {
 			return nil, err
 		}
@@ -181,6 +185,34 @@ func upstreamRoots(file string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("proxy.upstream_ca_file: %s holds no PEM certificate", file)
 	}
 	return pool, nil
+}
+
+// joinCluster connects to etcd in cluster mode (serve only: check reads no more
+// than files), and reads the managed allowlist from there. etcd that does not
+// answer stops egressd here, with its endpoints named.
+func (a *app) joinCluster() error {
+	e := a.c.Cluster.Etcd
+	if !e.Enabled() || !a.writes {
+		return nil
+	}
+	var err error
+	a.cluster, err = cluster.Connect(context.Background(), cluster.Config{
+		Endpoints: e.Endpoints, Prefix: e.Prefix,
+		CAFile: e.TLS.CAFile, CertFile: e.TLS.CertFile, KeyFile: e.TLS.KeyFile,
+		Username: e.Username, PasswordFile: e.PasswordFile, DialTimeout: e.DialTimeout,
+	}, a.log, a.reg)
+	if err != nil {
+		return err
+	}
+	if a.clusterAL, err = cluster.NewAllowlist(context.Background(), a.cluster); err != nil {
+		a.cluster.Close()
+		return err
+	}
+	a.managed = a.clusterAL
+	if a.c.Secrets.File != "" || (*a.c.Scheduler.Enabled && a.c.Scheduler.FunctionsFile != "") {
+		a.log.Warn("cluster mode shares the managed allowlist only, so far: secrets and schedules still live in this replica's files")
+	}
+	return nil
 }
 
 func (a *app) loadPolicy() error {

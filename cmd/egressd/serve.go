@@ -213,6 +213,11 @@ func (a *app) serve(ctx context.Context) error {
 			}
 		}()
 	}
+	if a.cluster != nil {
+		defer a.cluster.Close()
+		go a.cluster.Run(watchCtx)
+		go a.clusterAL.Run(watchCtx, func() { _ = a.reloader.Load() })
+	}
 	schedDone := make(chan struct{})
 	if a.sched != nil {
 		go func() {

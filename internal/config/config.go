@@ -14,6 +14,7 @@ import (
 	"io/fs"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
@@ -57,6 +58,9 @@ type Config struct {
 	// ManagedAllowlist is where the rules managed through the admin API live in
 	// single-node mode. Without it (and without a cluster) there are none.
 	ManagedAllowlist ManagedAllowlist `yaml:"managed_allowlist"`
+	// Cluster, if set, puts the state the replicas share in etcd. Without it
+	// egressd keeps its state in local files, as a single pod.
+	Cluster Cluster `yaml:"cluster"`
 	// Upstreams are the hosts whose TLS egressd makes itself, with a client
 	// certificate from the secret store, and the headers it injects for them. They
 	// are reloaded when the config file changes; other keys need a restart.
@@ -129,6 +133,38 @@ type ManagedAllowlist struct {
 	// watches it. It is created on the first rule added.
 	File string `yaml:"file"`
 }
+
+// Cluster configures cluster mode.
+type Cluster struct {
+	Etcd Etcd `yaml:"etcd"`
+}
+
+// Etcd is how egressd reaches etcd in cluster mode.
+type Etcd struct {
+	// Endpoints are etcd's client URLs (https://etcd-0.etcd:2379). Cluster mode is
+	// on when there is at least one.
+	Endpoints []string `yaml:"endpoints"`
+	// Prefix is where everything egressd writes lives. If empty, /egressd/.
+	Prefix string  `yaml:"prefix"`
+	TLS    EtcdTLS `yaml:"tls"`
+	// Username, with PasswordFile, authenticates to etcd's own auth.
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+	// DialTimeout bounds connecting, and each request. If zero, 5s.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// SessionTTL is the scheduler leader's lease. If zero, 10s.
+	SessionTTL time.Duration `yaml:"session_ttl"`
+}
+
+// EtcdTLS is the TLS between egressd and etcd; empty files mean none.
+type EtcdTLS struct {
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Enabled says whether cluster mode is on.
+func (e Etcd) Enabled() bool { return len(e.Endpoints) > 0 }
 
 // Upstream is one upstreams entry.
 type Upstream struct {
@@ -305,6 +341,11 @@ func (c *Config) applyDefaults() {
 		c.Scheduler.Enabled = &t
 	}
 	setDefault(&c.Scheduler.MaxSchedules, defaults.MaxSchedules)
+	if c.Cluster.Etcd.Enabled() {
+		setDefault(&c.Cluster.Etcd.Prefix, defaults.EtcdPrefix)
+		setDefault(&c.Cluster.Etcd.DialTimeout, defaults.EtcdDialTimeout)
+		setDefault(&c.Cluster.Etcd.SessionTTL, defaults.EtcdSessionTTL)
+	}
 	setDefault(&c.Scheduler.InvokeTimeout, defaults.InvokeTimeout)
 	setDefault(&c.Log.Level, "info")
 	setDefault(&c.Log.Format, "json")
@@ -336,7 +377,8 @@ func LoadFile(name string) (*Config, error) {
 	}
 	c.DNS.HostsFile, c.DNS.ResolvConf = relative(c.DNS.HostsFile), relative(c.DNS.ResolvConf)
 	for _, p := range []*string{&c.Admin.TokenFile, &c.Secrets.File, &c.Secrets.KeyFile, &c.Secrets.PreviousKeyFile,
-		&c.Secrets.RuntimeTokenFile, &c.Scheduler.FunctionsFile, &c.Scheduler.StateFile, &c.Proxy.UpstreamCAFile, &c.ManagedAllowlist.File} {
+		&c.Secrets.RuntimeTokenFile, &c.Scheduler.FunctionsFile, &c.Scheduler.StateFile, &c.Proxy.UpstreamCAFile, &c.ManagedAllowlist.File,
+		&c.Cluster.Etcd.TLS.CAFile, &c.Cluster.Etcd.TLS.CertFile, &c.Cluster.Etcd.TLS.KeyFile, &c.Cluster.Etcd.PasswordFile} {
 		if *p != "" {
 			*p = relative(*p)
 		}
@@ -613,6 +655,7 @@ func (c *Config) validate(root *yaml.Node) error {
 	if c.DNS.MinTTL > c.DNS.MaxTTL {
 		add([]string{"dns", "min_ttl"}, "%s is above max_ttl (%s)", c.DNS.MinTTL, c.DNS.MaxTTL)
 	}
+	c.validateCluster(add)
 	if c.Secrets.File == "" && (c.Secrets.KeyFile != "" || c.Secrets.PreviousKeyFile != "" || c.Secrets.RuntimeTokenFile != "") {
 		add([]string{"secrets"}, "key files are set but secrets.file is not; name the secrets file, or remove the section")
 	}
@@ -735,4 +778,40 @@ func lineOf(root *yaml.Node, keys ...string) int {
 		}
 	}
 	return line
+}
+
+// validateCluster checks the cluster section; nothing is dialled here.
+func (c *Config) validateCluster(add func(keys []string, format string, args ...any)) {
+	e := c.Cluster.Etcd
+	key := func(k ...string) []string { return append([]string{"cluster", "etcd"}, k...) }
+	if !e.Enabled() {
+		if e.Prefix != "" || e.Username != "" || e.PasswordFile != "" || e.TLS != (EtcdTLS{}) {
+			add(key("endpoints"), "cluster.etcd is set without endpoints; list etcd's client URLs, such as https://etcd-0.etcd:2379, or remove the section")
+		}
+		return
+	}
+	for _, ep := range e.Endpoints {
+		u, err := url.Parse(ep)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") {
+			add(key("endpoints"), "%q is not an etcd client URL; write it as https://HOST:PORT", ep)
+		}
+	}
+	if !strings.HasPrefix(e.Prefix, "/") || !strings.HasSuffix(e.Prefix, "/") || len(e.Prefix) < 2 {
+		add(key("prefix"), "%q must start and end with /, such as /egressd/", e.Prefix)
+	}
+	if (e.Username == "") != (e.PasswordFile == "") {
+		add(key("username"), "username and password_file go together; set both or neither")
+	}
+	if (e.TLS.CertFile == "") != (e.TLS.KeyFile == "") {
+		add(key("tls"), "cert_file and key_file go together; set both or neither")
+	}
+	if e.DialTimeout < 0 || e.SessionTTL < 0 {
+		add(key(), "dial_timeout and session_ttl cannot be negative")
+	}
+	if e.SessionTTL > 0 && e.SessionTTL < 2*time.Second {
+		add(key("session_ttl"), "%s is too short for a lease; use 2s or more", e.SessionTTL)
+	}
+	if c.ManagedAllowlist.File != "" {
+		add([]string{"managed_allowlist", "file"}, "is set with cluster.etcd; in cluster mode managed rules live in etcd, under the prefix: remove managed_allowlist")
+	}
 }

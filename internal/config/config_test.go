@@ -73,3 +73,23 @@ func TestShippedConfigLoads(t *testing.T) {
 		t.Errorf("embedded allowlist = %q; want [allowlist.d]", got)
 	}
 }
+
+func TestClusterDefaults(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "egressd.yaml")
+	if err := os.WriteFile(f, []byte("allowlist: [allow.d]\ncluster:\n  etcd:\n    endpoints: [https://etcd-0.etcd:2379]\n    password_file: pw\n    username: egressd\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := c.Cluster.Etcd
+	if !e.Enabled() || e.Prefix != "/egressd/" || e.DialTimeout != 5*time.Second || e.SessionTTL != 10*time.Second || e.PasswordFile != filepath.Join(dir, "pw") {
+		t.Errorf("cluster.etcd = %+v", e)
+	}
+	c, err = LoadFile(filepath.Join("..", "..", "configs", "egressd.yaml"))
+	if err == nil && c.Cluster.Etcd.Enabled() {
+		t.Errorf("the shipped config is in cluster mode")
+	}
+}

@@ -47,3 +47,10 @@ const (
 	MaxSchedules       = 10
 	InvokeTimeout      = 30 * time.Second
 )
+
+// Cluster mode.
+const (
+	EtcdPrefix      = "/egressd/"
+	EtcdDialTimeout = 5 * time.Second
+	EtcdSessionTTL  = 10 * time.Second
+)
