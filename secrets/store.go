@@ -96,6 +96,8 @@ type Store struct {
 	lockTimeout time.Duration
 	snap        atomic.Pointer[snapshot]
 	highest     int64 // the highest generation seen; a lower one is a rollback
+	// shared is set for a store on a Remote (etcd), whose snapshot Refresh builds.
+	shared *shared
 }
 
 // snapshot is the content of the file as last read, and which file that was.
@@ -184,6 +186,9 @@ func Open(opts Options) (*Store, error) {
 // egressd serve calls it at start. A lock it cannot have within a second is left for
 // the next start.
 func (s *Store) RemoveStale() {
+	if s.shared != nil {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	lk, err := lockFile(ctx, s.path+".lock")
@@ -225,6 +230,9 @@ func (s *Store) reload() (*snapshot, error) {
 
 // current returns the store as it is on disk now: another process may have written.
 func (s *Store) current() (*snapshot, error) {
+	if s.shared != nil {
+		return s.snap.Load(), nil // the cache the remote's watch keeps current
+	}
 	if id, err := statID(s.path); err == nil {
 		if cur := s.snap.Load(); cur != nil && cur.id == id {
 			return cur, nil // the common case: no lock
@@ -283,7 +291,7 @@ func (s *Store) Len() int {
 // ifMatch above zero, the update happens only if the secret is still at that version.
 func (s *Store) Update(ctx context.Context, key, value string, ifMatch int64) (int64, error) {
 	var version int64
-	err := s.write(ctx, "update", func(p *payload) error {
+	err := s.writeKey(ctx, "update", key, func(p *payload) error {
 		if err := validate(key, value); err != nil {
 			return err
 		}
@@ -305,7 +313,7 @@ func (s *Store) Update(ctx context.Context, key, value string, ifMatch int64) (i
 // Create adds a new secret.
 func (s *Store) Create(ctx context.Context, key, value string) (Info, error) {
 	var info Info
-	err := s.write(ctx, "create", func(p *payload) error {
+	err := s.writeKey(ctx, "create", key, func(p *payload) error {
 		if err := validate(key, value); err != nil {
 			return err
 		}
@@ -322,7 +330,7 @@ func (s *Store) Create(ctx context.Context, key, value string) (Info, error) {
 
 // Delete removes a secret; the next read of it is ErrNotFound.
 func (s *Store) Delete(ctx context.Context, key string) error {
-	return s.write(ctx, "delete", func(p *payload) error {
+	return s.writeKey(ctx, "delete", key, func(p *payload) error {
 		if _, ok := p.Secrets[key]; !ok {
 			return ErrNotFound
 		}
@@ -334,10 +342,28 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 // Rotate re-seals the store under newKey, which writes from then on; the old key
 // still opens files, as it would as secrets.previous_key_file.
 func (s *Store) Rotate(ctx context.Context, newKey Key) error {
+	if s.shared != nil {
+		s.mu <- struct{}{}
+		s.keys = append([]Key{newKey}, s.keys...)
+		<-s.mu
+		return s.rotateShared(ctx)
+	}
 	return s.write(ctx, "rotate", func(*payload) error {
 		s.keys = append([]Key{newKey}, s.keys...) // under s.mu, like every use of s.keys
 		return nil
 	})
+}
+
+// writeKey applies a change to one key: in the file, or in the shared store.
+func (s *Store) writeKey(ctx context.Context, op, key string, change func(*payload) error) error {
+	if s.shared != nil {
+		if err := validate(key, ""); err != nil {
+			s.count(op, err)
+			return err // nothing to read for a key that cannot be
+		}
+		return s.writeShared(ctx, op, key, change)
+	}
+	return s.write(ctx, op, change)
 }
 
 // write applies change to the file as it is on disk, under this process's mutex and

@@ -55,7 +55,10 @@ type app struct {
 	managed    managed.Store      // nil: no managed rules (no managed_allowlist, no cluster)
 	cluster    *cluster.Cluster   // nil: not in cluster mode, or check
 	clusterAL  *cluster.Allowlist // the managed rules on etcd, in cluster mode
-	adminToken string             // empty: no admin API
+	// clusterSecrets is the secret store's records on etcd, in cluster mode with
+	// secrets.key_file.
+	clusterSecrets *cluster.Secrets
+	adminToken     string // empty: no admin API
 }
 
 // newApp builds the app. Each step is a constructor; the first that fails ends it.
@@ -74,7 +77,7 @@ func newApp(c *config.Config, fsys policy.FS, log *slog.Logger, writes bool) (*a
 		Exempt:   liveExemption(func() *policy.Matcher { return a.proxy.Policy() }),
 		Timeout:  c.Proxy.DialTimeout,
 	})
-	for _, step := range []func() error{a.openSecrets, a.openScheduler, a.newProxy, a.joinCluster, a.loadPolicy, a.readAdminToken} {
+	for _, step := range []func() error{a.joinCluster, a.openSecrets, a.openScheduler, a.newProxy, a.loadPolicy, a.readAdminToken} {
 		if err := step(); err != nil {
 			return nil, err
 		}
@@ -91,7 +94,11 @@ func (a *app) openSecrets() error {
 		}
 	}
 	var err error
-	a.store, a.runtimeAPI, err = openSecrets(a.c, a.log, a.reg, a.writes, a.reservedSecret)
+	var remote secrets.Remote
+	if a.clusterSecrets != nil {
+		remote = a.clusterSecrets
+	}
+	a.store, a.runtimeAPI, err = openSecrets(a.c, a.log, a.reg, a.writes, a.reservedSecret, remote)
 	return err
 }
 
@@ -209,8 +216,14 @@ func (a *app) joinCluster() error {
 		return err
 	}
 	a.managed = a.clusterAL
-	if a.c.Secrets.File != "" || (*a.c.Scheduler.Enabled && a.c.Scheduler.FunctionsFile != "") {
-		a.log.Warn("cluster mode shares the managed allowlist only, so far: secrets and schedules still live in this replica's files")
+	if a.c.SecretsShared() {
+		if a.clusterSecrets, err = cluster.NewSecrets(context.Background(), a.cluster); err != nil {
+			a.cluster.Close()
+			return err
+		}
+	}
+	if *a.c.Scheduler.Enabled && a.c.Scheduler.FunctionsFile != "" {
+		a.log.Warn("cluster mode does not share schedules yet: this replica runs its own, from its own state file; enable the scheduler on one replica only")
 	}
 	return nil
 }

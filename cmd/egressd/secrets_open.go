@@ -54,13 +54,26 @@ func secretsKeys(c *config.Config, log *slog.Logger) (secrets.Key, *secrets.Key,
 // store configured, both are nil. With secrets.create_if_missing and create set, a
 // missing store is created empty first; without create (egressd check), a missing
 // store that would be created is not an error.
-func openSecrets(c *config.Config, log *slog.Logger, reg prometheus.Registerer, create bool, reserved func(string) string) (*secrets.Store, http.Handler, error) {
-	if c.Secrets.File == "" {
+//
+// In cluster mode the store is on remote (etcd); check, which dials nothing, passes
+// none and gets none, once the keys are read.
+func openSecrets(c *config.Config, log *slog.Logger, reg prometheus.Registerer, create bool, reserved func(string) string, remote secrets.Remote) (*secrets.Store, http.Handler, error) {
+	if !c.SecretsOn() {
 		return nil, nil, nil
 	}
 	key, prev, err := secretsKeys(c, log)
 	if err != nil {
 		return nil, nil, err
+	}
+	if c.SecretsShared() {
+		if remote == nil {
+			return nil, nil, nil
+		}
+		store, err := secrets.OpenShared(secrets.SharedOptions{Remote: remote, Key: key, PreviousKey: prev, Logger: log, Registerer: reg})
+		if err != nil {
+			return nil, nil, err
+		}
+		return runtimeAPI(c, store, reserved)
 	}
 	if c.Secrets.CreateIfMissing {
 		if _, err := os.Stat(c.Secrets.File); errors.Is(err, fs.ErrNotExist) {
@@ -77,7 +90,12 @@ func openSecrets(c *config.Config, log *slog.Logger, reg prometheus.Registerer, 
 	if err != nil {
 		return nil, nil, err
 	}
+	return runtimeAPI(c, store, reserved)
+}
+
+func runtimeAPI(c *config.Config, store *secrets.Store, reserved func(string) string) (*secrets.Store, http.Handler, error) {
 	token := ""
+	var err error
 	if c.Secrets.RuntimeTokenFile != "" {
 		if token, err = admin.ReadToken(c.Secrets.RuntimeTokenFile); err != nil {
 			return nil, nil, fmt.Errorf("secrets runtime token: %w", err)

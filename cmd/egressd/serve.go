@@ -217,6 +217,9 @@ func (a *app) serve(ctx context.Context) error {
 		defer a.cluster.Close()
 		go a.cluster.Run(watchCtx)
 		go a.clusterAL.Run(watchCtx, func() { _ = a.reloader.Load() })
+		if a.clusterSecrets != nil {
+			go a.clusterSecrets.Run(watchCtx, a.store.Refresh)
+		}
 	}
 	schedDone := make(chan struct{})
 	if a.sched != nil {

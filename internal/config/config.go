@@ -163,6 +163,15 @@ type EtcdTLS struct {
 	KeyFile  string `yaml:"key_file"`
 }
 
+// SecretsShared says whether the secret store is on etcd: in cluster mode, with
+// secrets.key_file set.
+func (c *Config) SecretsShared() bool {
+	return c.Cluster.Etcd.Enabled() && c.Secrets.KeyFile != ""
+}
+
+// SecretsOn says whether there is a secret store, in a file or on etcd.
+func (c *Config) SecretsOn() bool { return c.Secrets.File != "" || c.SecretsShared() }
+
 // Enabled says whether cluster mode is on.
 func (e Etcd) Enabled() bool { return len(e.Endpoints) > 0 }
 
@@ -656,7 +665,12 @@ func (c *Config) validate(root *yaml.Node) error {
 		add([]string{"dns", "min_ttl"}, "%s is above max_ttl (%s)", c.DNS.MinTTL, c.DNS.MaxTTL)
 	}
 	c.validateCluster(add)
-	if c.Secrets.File == "" && (c.Secrets.KeyFile != "" || c.Secrets.PreviousKeyFile != "" || c.Secrets.RuntimeTokenFile != "") {
+	switch {
+	case c.Cluster.Etcd.Enabled() && c.Secrets.File != "":
+		add([]string{"secrets", "file"}, "is set with cluster.etcd; in cluster mode the secrets live in etcd: remove secrets.file, keep key_file, and copy the file's secrets there with 'egressd secrets migrate'")
+	case c.Cluster.Etcd.Enabled() && c.Secrets.KeyFile == "" && (c.Secrets.PreviousKeyFile != "" || c.Secrets.RuntimeTokenFile != ""):
+		add([]string{"secrets"}, "in cluster mode the secrets on etcd are on when secrets.key_file is set; set it")
+	case !c.Cluster.Etcd.Enabled() && c.Secrets.File == "" && (c.Secrets.KeyFile != "" || c.Secrets.PreviousKeyFile != "" || c.Secrets.RuntimeTokenFile != ""):
 		add([]string{"secrets"}, "key files are set but secrets.file is not; name the secrets file, or remove the section")
 	}
 	if c.Scheduler.MaxSchedules < 0 || c.Scheduler.InvokeTimeout < 0 {
@@ -673,14 +687,14 @@ func (c *Config) validate(root *yaml.Node) error {
 			ps = append(ps, fmt.Sprintf("%s:%d: %s", c.File, lineOfItem(root, "upstreams", i), err))
 		}
 	}
-	if len(c.Upstreams) > 0 && c.Secrets.File == "" {
+	if len(c.Upstreams) > 0 && !c.SecretsOn() {
 		for i, u := range c.Upstreams {
 			readsSecret := u.TLS.ClientCertificate != "" || u.TLS.ClientKey != "" || (u.TLS.CA != "" && !strings.Contains(u.TLS.CA, "/"))
 			for _, v := range u.InjectHeaders {
 				readsSecret = readsSecret || strings.Contains(v, "${secret:")
 			}
 			if readsSecret {
-				addAt(root, &ps, c.File, i, "it reads secrets, but secrets.file is not set")
+				addAt(root, &ps, c.File, i, "it reads secrets, but there is no secret store (secrets.file, or secrets.key_file in cluster mode)")
 			}
 		}
 	}
