@@ -129,3 +129,113 @@ func TestClusterUnreachableAtStart(t *testing.T) {
 		t.Errorf("check (which dials nothing) of a valid cluster section: exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+// TestClusterSecrets: a file store migrated into etcd, then served by three
+// replicas: an update through one is read through the others within a second,
+// If-Match across replicas lets exactly one writer win, admin changes are shared.
+func TestClusterSecrets(t *testing.T) {
+	t.Parallel()
+	etcd := etcdtest.Start(t)
+	dir := t.TempDir()
+	s := provisionSecrets(t, dir, map[string]string{"oauth-token": "from-the-file"})
+	clusterYAML := fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\nsecrets:\n  key_file: %s\ncluster:\n  etcd:\n    endpoints: [%s]\n    dial_timeout: 1s\n",
+		filepath.Join(dir, "admin.token"), s.keyFile, etcd.Endpoint)
+
+	cfgDir := writeConfig(t, daemonConfig{extra: clusterYAML})
+	migrate := func(extra ...string) execResult {
+		return execIn(t, dir, nil, append([]string{"secrets", "migrate", "--from-file", s.file, "--key-file", s.keyFile, "--config", filepath.Join(cfgDir, "egressd.yaml")}, extra...)...)
+	}
+	if r := migrate(); r.code != 0 || !strings.Contains(r.stdout, "copied oauth-token (version 1)") {
+		t.Fatalf("secrets migrate: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+
+	var replicas []*daemon
+	for range 3 {
+		replicas = append(replicas, startDaemon(t, daemonConfig{extra: clusterYAML}))
+	}
+	plain := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	url := func(d *daemon) string { return "http://" + d.proxy + "/v1/secrets/oauth-token" }
+	value := func(d *daemon) (string, int) {
+		code, v := runtimeCall(t, plain, "GET", url(d), "")
+		if code != 200 {
+			return "", code
+		}
+		return fmt.Sprint(v["value"]), int(v["version"].(float64))
+	}
+	if v, ver := value(replicas[1]); v != "from-the-file" || ver != 1 {
+		t.Fatalf("the migrated secret on B: %q version %d", v, ver)
+	}
+
+	code, _ := runtimeCall(t, plain, "PUT", url(replicas[0]), `{"value":"refreshed"}`, "If-Match", `"1"`)
+	if code != 200 {
+		t.Fatalf("PUT on A: %d", code)
+	}
+	start := time.Now()
+	for _, d := range replicas[1:] {
+		for i := 0; ; i++ {
+			if v, ver := value(d); v == "refreshed" && ver == 2 {
+				break
+			}
+			if i == 200 {
+				t.Fatalf("the update never reached %s", d.proxy)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the update reached B and C after %s; want within 1s", took)
+	} else {
+		t.Logf("the update read on B and C after %s", took)
+	}
+
+	// B and C update version 2 at once.
+	codes := make(chan int, 2)
+	for _, d := range replicas[1:] {
+		go func() {
+			code, _ := runtimeCall(t, plain, "PUT", url(d), `{"value":"racer"}`, "If-Match", `"2"`)
+			codes <- code
+		}()
+	}
+	if a, b := <-codes, <-codes; a+b != 200+412 {
+		t.Errorf("two replicas updating one version: %d and %d; want 200 and 412", a, b)
+	}
+
+	env := []string{"EGRESSD_ADMIN_TOKEN=" + s.token}
+	admin := func(d *daemon, stdin string, args ...string) execResult {
+		var started struct{ Admin string }
+		json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
+		return execInEnv(t, dir, env, strings.NewReader(stdin), append(append([]string{"secrets"}, args...), "--admin", "http://"+started.Admin)...)
+	}
+	if r := admin(replicas[1], "db-pass", "create", "db-password"); r.code != 0 {
+		t.Fatalf("create on B: %d %s", r.code, r.stderr)
+	}
+	if r := admin(replicas[2], "other", "create", "db-password"); r.code != 1 || !strings.Contains(r.stderr, "409") {
+		t.Errorf("create on C of what B created: %d %s; want 409", r.code, r.stderr)
+	}
+	if r := admin(replicas[0], "", "delete", "oauth-token"); r.code != 0 {
+		t.Fatalf("delete on A: %d %s", r.code, r.stderr)
+	}
+	for i := 0; ; i++ {
+		if _, code := value(replicas[2]); code == 404 {
+			break
+		}
+		if i == 200 {
+			t.Fatal("the delete never reached C")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if r := admin(replicas[2], "", "list"); !strings.Contains(r.stdout, "db-password") || strings.Contains(r.stdout, "oauth-token") {
+		t.Errorf("list on C:\n%s", r.stdout)
+	}
+	for _, d := range replicas {
+		if strings.Contains(d.logs.String(), "from-the-file") || strings.Contains(d.logs.String(), "refreshed") {
+			t.Errorf("a secret value in the log of %s", d.proxy)
+		}
+	}
+	if r := migrate(); r.code != 0 || !strings.Contains(r.stdout, "copied oauth-token") {
+		t.Errorf("migrating again after the delete: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	if r := migrate(); r.code != 0 || !strings.Contains(r.stdout, "kept oauth-token") {
+		t.Errorf("migrating over an existing secret: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+}

@@ -253,3 +253,36 @@ func openRecord(sealed, key string, keys []Key) (record, error) {
 	}
 	return record{}, fmt.Errorf("secret %q: %w: set secrets.key_file, or secrets.previous_key_file during a rotation", key, ErrWrongKey)
 }
+
+// Import copies sec, with its version and times, into a shared store: 'egressd
+// secrets migrate'. An existing secret is left as it is (false) unless overwrite
+// is set; an overwritten one gets a version above both, so that no replica takes
+// it for a rollback.
+func (s *Store) Import(ctx context.Context, sec Secret, overwrite bool) (bool, error) {
+	if s.shared == nil {
+		return false, errors.New("import is for a shared store")
+	}
+	if err := validate(sec.Key, sec.Value.Reveal()); err != nil {
+		return false, err
+	}
+	imported := false
+	err := s.writeShared(ctx, "create", sec.Key, func(p *payload) error {
+		r := record{Value: sec.Value.Reveal(), Version: sec.Version, Created: sec.Created.UTC(), Updated: sec.Updated.UTC(), Default: sec.Default}
+		if old, ok := p.Secrets[sec.Key]; ok {
+			if !overwrite {
+				return errKept
+			}
+			r.Version = max(r.Version, old.Version+1)
+		}
+		p.Secrets[sec.Key] = r
+		imported = true
+		return nil
+	})
+	if errors.Is(err, errKept) {
+		return false, nil
+	}
+	return imported, err
+}
+
+// errKept is an import that leaves an existing secret as it is.
+var errKept = errors.New("the secret exists and is kept")

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -13,6 +14,8 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/egressd/egressd/cluster"
+	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/secrets"
 )
 
@@ -26,6 +29,9 @@ Commands:
                                  create a new key file and an empty store (optionally seeded)
   rotate-key --file F --key-file K --new-key-file NEW
                                  generate a new key into NEW and re-encrypt the store under it
+  migrate --from-file F --key-file K --config C [--overwrite]
+                                 copy a file store into etcd (cluster mode of config C), versions
+                                 and times kept; existing secrets are kept unless --overwrite
 
 list, create and delete talk to the running egressd's admin API (--admin URL, --token-file
 FILE or EGRESSD_ADMIN_TOKEN); with --file and --key-file (or EGRESSD_SECRETS_KEY) they work
@@ -47,12 +53,15 @@ func runSecrets(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	defaults := fs.String("defaults", "", "init: seed the store with the key: value pairs of this YAML or JSON `file`")
 	newKeyFile := fs.String("new-key-file", "", "rotate-key: where to write the new key (must not exist)")
 	allowEmpty := fs.Bool("allow-empty", false, "create: accept an empty value")
+	fromFile := fs.String("from-file", "", "migrate: the secrets `file` to copy into etcd")
+	configPath := configFlag(fs)
+	overwrite := fs.Bool("overwrite", false, "migrate: replace secrets that already exist in etcd")
 	pos, code, ok := parseFlags(fs, args)
 	if !ok {
 		return code
 	}
 	fail, usage := g.fail, g.usage
-	if code, ok := g.checkArgs(pos, map[string]int{"list": 0, "create": 1, "delete": 1, "init": 0, "rotate-key": 0}); !ok {
+	if code, ok := g.checkArgs(pos, map[string]int{"list": 0, "create": 1, "delete": 1, "init": 0, "rotate-key": 0, "migrate": 0}); !ok {
 		return code
 	}
 
@@ -71,6 +80,11 @@ func runSecrets(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			return usage("give --file, --key-file (the current key) and --new-key-file (created, must not exist)")
 		}
 		return doRotate(ctx, *file, *keyFile, *newKeyFile, stdout, fail)
+	case "migrate":
+		if *fromFile == "" || *keyFile == "" || *configPath == "" {
+			return usage("give --from-file (the secrets file), --key-file (its key) and --config (the cluster-mode configuration)")
+		}
+		return doMigrate(ctx, *fromFile, *keyFile, *configPath, *overwrite, stdout, stderr, fail)
 	}
 
 	var value string
@@ -189,6 +203,69 @@ func doRotate(ctx context.Context, file, keyFile, newKeyFile string, stdout io.W
 		"Now set secrets.key_file to %s and secrets.previous_key_file to %s, and restart egressd;\n"+
 		"once every egressd runs with the new key, remove previous_key_file and the old key.\n",
 		file, newKeyFile, key.ID(), newKeyFile, keyFile)
+	return exitOK
+}
+
+// doMigrate copies every secret of a file store, defaults included, into the
+// secret store on etcd that the config's cluster section names.
+func doMigrate(ctx context.Context, from, keyFile, configPath string, overwrite bool, stdout, stderr io.Writer, fail func(error) int) int {
+	c, err := config.LoadFile(configPath)
+	if err != nil {
+		return fail(err)
+	}
+	if !c.SecretsShared() {
+		return fail(fmt.Errorf("%s is not in cluster mode with secrets on etcd: set cluster.etcd.endpoints and secrets.key_file", configPath))
+	}
+	src, err := openFileStore(from, keyFile, stderr)
+	if err != nil {
+		return fail(err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	key, prev, err := secretsKeys(c, log)
+	if err != nil {
+		return fail(err)
+	}
+	e := c.Cluster.Etcd
+	cl, err := cluster.Connect(ctx, cluster.Config{
+		Endpoints: e.Endpoints, Prefix: e.Prefix,
+		CAFile: e.TLS.CAFile, CertFile: e.TLS.CertFile, KeyFile: e.TLS.KeyFile,
+		Username: e.Username, PasswordFile: e.PasswordFile, DialTimeout: e.DialTimeout,
+	}, log, nil)
+	if err != nil {
+		return fail(err)
+	}
+	defer cl.Close()
+	remote, err := cluster.NewSecrets(ctx, cl)
+	if err != nil {
+		return fail(err)
+	}
+	dst, err := secrets.OpenShared(secrets.SharedOptions{Remote: remote, Key: key, PreviousKey: prev})
+	if err != nil {
+		return fail(err)
+	}
+	list, err := src.List(true)
+	if err != nil {
+		return fail(err)
+	}
+	copied, kept := 0, 0
+	for _, info := range list {
+		sec, err := src.Get(info.Key)
+		if err != nil {
+			return fail(err)
+		}
+		ok, err := dst.Import(ctx, sec, overwrite)
+		if err != nil {
+			return fail(fmt.Errorf("%s: %w (%d copied before it)", info.Key, err, copied))
+		}
+		if ok {
+			copied++
+			fmt.Fprintf(stdout, "copied %s (version %d)\n", info.Key, sec.Version)
+		} else {
+			kept++
+			fmt.Fprintf(stdout, "kept %s: it exists in etcd (--overwrite replaces it)\n", info.Key)
+		}
+	}
+	fmt.Fprintf(stdout, "%d secret(s) copied into etcd under %ssecrets/, %d kept\n", copied, e.Prefix, kept)
 	return exitOK
 }
 
