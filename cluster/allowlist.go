@@ -52,7 +52,7 @@ func (a *Allowlist) Add(text string) error {
 	}
 	ok, err := a.cache.put(context.Background(), text, text, 0)
 	if err != nil {
-		return fmt.Errorf("%w: etcd: %v", managed.ErrUnavailable, err)
+		return fmt.Errorf("%w: etcd: %v", managed.ErrUnconfirmed, err)
 	}
 	if !ok {
 		return fmt.Errorf("%w: %s", managed.ErrExists, text)
@@ -65,7 +65,7 @@ func (a *Allowlist) Remove(text string) error {
 	text = strings.TrimSpace(text)
 	ok, err := a.cache.del(context.Background(), text, -1)
 	if err != nil {
-		return fmt.Errorf("%w: etcd: %v", managed.ErrUnavailable, err)
+		return fmt.Errorf("%w: etcd: %v", managed.ErrUnconfirmed, err)
 	}
 	if !ok {
 		return fmt.Errorf("%w: %s", managed.ErrNotFound, text)

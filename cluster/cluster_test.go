@@ -189,11 +189,11 @@ func TestOutage(t *testing.T) {
 	etcd.Stop()
 
 	err := a.a.Add("lost.example.com")
-	if !errors.Is(err, managed.ErrUnavailable) {
-		t.Fatalf("Add with etcd down: %v; want ErrUnavailable", err)
+	if !errors.Is(err, managed.ErrUnconfirmed) {
+		t.Fatalf("Add with etcd down: %v; want ErrUnconfirmed", err)
 	}
-	if err := a.a.Remove("kept.example.com"); !errors.Is(err, managed.ErrUnavailable) {
-		t.Errorf("Remove with etcd down: %v; want ErrUnavailable", err)
+	if err := a.a.Remove("kept.example.com"); !errors.Is(err, managed.ErrUnconfirmed) {
+		t.Errorf("Remove with etcd down: %v; want ErrUnconfirmed", err)
 	}
 	if got, _ := a.a.List(); !slices.Equal(got, []string{"kept.example.com"}) {
 		t.Errorf("the cache during the outage: %q", got)

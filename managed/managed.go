@@ -27,6 +27,10 @@ var (
 	ErrNotFound = errors.New("no such managed rule")
 	// ErrUnavailable is a change that could not be made durable: it was not made.
 	ErrUnavailable = errors.New("the managed allowlist could not be saved; nothing was changed")
+	// ErrUnconfirmed is a change sent to etcd that etcd did not confirm: it was not
+	// acknowledged, and may yet be applied (a write that reached a leader cut off
+	// from its quorum is committed once the quorum is back).
+	ErrUnconfirmed = errors.New("etcd did not confirm the change (is a quorum of members up?); it was not acknowledged and may still be applied once etcd recovers: check with 'egressd allowlist list' before retrying")
 )
 
 // Store is where managed rules live.

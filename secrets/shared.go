@@ -34,6 +34,10 @@ type Remote interface {
 // ErrUnavailable is a write the shared store could not make: nothing was changed.
 var ErrUnavailable = errors.New("the shared secret store (etcd) is unavailable; nothing was changed")
 
+// ErrUnconfirmed is a write sent to etcd that etcd did not confirm: it was not
+// acknowledged, and may yet be applied once etcd has a quorum again.
+var ErrUnconfirmed = errors.New("the shared secret store (etcd) did not confirm the change (is a quorum of members up?); it was not acknowledged and may still be applied once etcd recovers: read it again before retrying")
+
 // SharedOptions configure a shared Store.
 type SharedOptions struct {
 	Remote      Remote
@@ -159,7 +163,7 @@ func (s *Store) writeShared(ctx context.Context, op, key string, change func(*pa
 			ok, err = remote.Delete(ctx, key, rev)
 		}
 		if err != nil {
-			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+			return fmt.Errorf("%w: %v", ErrUnconfirmed, err)
 		}
 		if ok {
 			s.Refresh()

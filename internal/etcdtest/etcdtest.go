@@ -4,8 +4,12 @@
 package etcdtest
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"net/url"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -76,4 +80,87 @@ func (s *Server) Stop() {
 		s.e.Close()
 		s.e = nil
 	}
+}
+
+// Cluster is a running etcd cluster of several members, each an embedded server
+// of this process on loopback ports of its own.
+type Cluster struct {
+	Members   []*Server
+	Endpoints []string // every member's client URL
+}
+
+// StartCluster runs an n-member etcd cluster until the test ends.
+func StartCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	ports := freePorts(t, 2*n)
+	c := &Cluster{}
+	var initial []string
+	for i := range n {
+		initial = append(initial, fmt.Sprintf("m%d=http://127.0.0.1:%d", i, ports[2*i+1]))
+	}
+	for i := range n {
+		cfg := embed.NewConfig()
+		cfg.Name = fmt.Sprintf("m%d", i)
+		cfg.Dir = t.TempDir()
+		cfg.Logger = "zap"
+		cfg.LogLevel = "error"
+		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+		client, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]))
+		peer, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]))
+		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
+		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
+		cfg.InitialCluster = strings.Join(initial, ",")
+		cfg.InitialClusterToken = "etcdtest"
+		c.Members = append(c.Members, &Server{t: t, cfg: cfg, Endpoint: client.String()})
+		c.Endpoints = append(c.Endpoints, client.String())
+	}
+	// The members start together: none is ready before a quorum is up.
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i, m := range c.Members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e, err := embed.StartEtcd(m.cfg)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			m.e = e
+			select {
+			case <-e.Server.ReadyNotify():
+			case <-time.After(30 * time.Second):
+				errs[i] = fmt.Errorf("member %d not ready within 30s", i)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, m := range c.Members {
+		t.Cleanup(m.Stop)
+	}
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("etcdtest: %v", err)
+	}
+	return c
+}
+
+// freePorts returns n loopback ports that were free a moment ago.
+func freePorts(t testing.TB, n int) []int {
+	t.Helper()
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports
 }
