@@ -29,7 +29,7 @@ type replica struct {
 	stop    context.CancelFunc
 }
 
-func newReplica(t *testing.T, endpoint string) *replica {
+func newReplica(t testing.TB, endpoint string) *replica {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	ctx, cancel := context.WithCancel(context.Background())

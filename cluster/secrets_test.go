@@ -15,7 +15,7 @@ import (
 )
 
 // secretsReplica is one replica's secret store on etcd, its watch running.
-func secretsReplica(t *testing.T, r *replica, key secrets.Key) *secrets.Store {
+func secretsReplica(t testing.TB, r *replica, key secrets.Key) *secrets.Store {
 	t.Helper()
 	remote, err := NewSecrets(context.Background(), r.c)
 	if err != nil {
