@@ -11,6 +11,7 @@ type metrics struct {
 	schedules   prometheus.Gauge
 	reloads     *prometheus.CounterVec // result: success, failure
 	lastReload  prometheus.Gauge
+	missed      *prometheus.CounterVec // function
 }
 
 func newMetrics(reg prometheus.Registerer, _ *Scheduler) (*metrics, error) {
@@ -39,10 +40,14 @@ func newMetrics(reg prometheus.Registerer, _ *Scheduler) (*metrics, error) {
 			Name: "egressd_scheduler_functions_last_reload_success",
 			Help: "1 if the last load of the functions file succeeded, 0 if it failed.",
 		}),
+		missed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "egressd_schedule_missed_total",
+			Help: "Scheduled runs skipped because no replica led in time (cluster mode: older than 30s at a takeover).",
+		}, []string{"function"}),
 	}
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
-	for _, c := range []prometheus.Collector{m.invocations, m.lastRun, m.lastSuccess, m.schedules, m.reloads, m.lastReload} {
+	for _, c := range []prometheus.Collector{m.invocations, m.lastRun, m.lastSuccess, m.schedules, m.reloads, m.lastReload, m.missed} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

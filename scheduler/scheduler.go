@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net/http"
 	"os"
 	"slices"
@@ -42,6 +43,9 @@ var (
 	ErrLimit    = errors.New("schedule limit reached")
 	// ErrNotSaved is a change that could not be made durable; it was not made.
 	ErrNotSaved = errors.New("the schedule state could not be saved; nothing was changed")
+	// ErrUnconfirmed is a change sent to etcd that etcd did not confirm: it was not
+	// acknowledged, and may still be applied once etcd has a quorum again.
+	ErrUnconfirmed = errors.New("the schedule change was not confirmed")
 )
 
 // DeletedSchedule is a schedule deleted because its function was undeployed, kept
@@ -97,8 +101,11 @@ type Options struct {
 	InvokeTimeout time.Duration
 	Clock         Clock   // if nil, the real clock
 	Invoker       Invoker // if nil, HTTP POST
-	Logger        *slog.Logger
-	Registerer    prometheus.Registerer
+	// Shared, if set, keeps the schedules in etcd (cluster mode) instead of
+	// StateFile, and decides which replica invokes.
+	Shared     Shared
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Scheduler holds the schedules and runs them.
@@ -107,12 +114,16 @@ type Scheduler struct {
 	log     *slog.Logger
 	metrics *metrics
 
-	mu        sync.Mutex
+	mu sync.Mutex
+	// functions is the functions file's content, under fnMu (not mu: a change's
+	// checks read it with or without mu held).
+	fnMu      sync.RWMutex
 	functions map[string]Function
 	entries   map[string]*entry
 	deleted   []DeletedSchedule // oldest first
 	changed   chan struct{}     // wakes the loop when schedules change
 	inflight  sync.WaitGroup
+	shared    Shared // nil: a state file, one replica
 	// runs is the parent of every invocation's context; CancelRuns ends them.
 	runs       context.Context
 	cancelRuns context.CancelFunc
@@ -144,7 +155,7 @@ func New(opts Options) (*Scheduler, error) {
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
 	}
-	s := &Scheduler{opts: opts, log: opts.Logger, entries: map[string]*entry{}, changed: make(chan struct{}, 1)}
+	s := &Scheduler{opts: opts, log: opts.Logger, entries: map[string]*entry{}, changed: make(chan struct{}, 1), shared: opts.Shared}
 	s.runs, s.cancelRuns = context.WithCancel(context.Background())
 	var err error
 	if s.metrics, err = newMetrics(opts.Registerer, s); err != nil {
@@ -158,47 +169,69 @@ func New(opts Options) (*Scheduler, error) {
 
 // SetFunctions installs the functions file's content. Schedules of a function that is
 // gone or no longer productive are deleted at once; each deletion is logged with the
-// schedule's whole definition and kept in the state file's deleted list, so that
-// Restore can bring it back after a redeploy.
+// schedule's whole definition and kept in the deleted list, so that Restore can
+// bring it back after a redeploy. In cluster mode only the leader deletes, once.
 func (s *Scheduler) SetFunctions(fns []Function) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.functions = map[string]Function{}
+	m := map[string]Function{}
 	for _, f := range fns {
-		s.functions[f.Name] = f
+		m[f.Name] = f
 	}
-	now := s.opts.Clock.Now().UTC()
-	var gone []string
-	for id, e := range s.entries {
-		f, ok := s.functions[e.Function]
-		if ok && f.State == StateProductive {
-			continue
-		}
-		reason := "function removed from the functions file"
-		if ok {
-			reason = "function is " + f.State
-		}
-		s.log.Warn("schedule deleted: its function is undeployed; egressd schedules restore "+id+" brings it back",
-			"id", id, "function", e.Function, "cron", e.Cron, "payload", e.Payload, "reason", reason)
-		s.deleted = append(s.deleted, DeletedSchedule{Schedule: e.Schedule, DeletedAt: now, Reason: reason})
-		gone = append(gone, id)
-	}
-	if len(gone) == 0 {
+	s.fnMu.Lock()
+	s.functions = m
+	s.fnMu.Unlock()
+	s.removeUndeployed()
+}
+
+// removeUndeployed deletes the schedules whose function is gone or not productive.
+func (s *Scheduler) removeUndeployed() {
+	if s.shared != nil && !s.shared.Leading() {
 		return
 	}
-	for _, id := range gone {
-		s.removeLocked(id)
+	now := s.opts.Clock.Now().UTC()
+	var gone []DeletedSchedule
+	change := func(d *Definitions) error {
+		gone = gone[:0]
+		kept := d.Schedules[:0:0]
+		for _, sc := range d.Schedules {
+			f, ok := s.function(sc.Function)
+			if ok && f.State == StateProductive {
+				kept = append(kept, sc)
+				continue
+			}
+			reason := "function removed from the functions file"
+			if ok {
+				reason = "function is " + f.State
+			}
+			gone = append(gone, DeletedSchedule{Schedule: sc, DeletedAt: now, Reason: reason})
+		}
+		if len(gone) == 0 {
+			return errNoChange
+		}
+		d.Schedules = kept
+		d.Deleted = append(d.Deleted, gone...)
+		if n := len(d.Deleted) - maxDeleted; n > 0 {
+			d.Deleted = append([]DeletedSchedule(nil), d.Deleted[n:]...)
+		}
+		return nil
 	}
-	if n := len(s.deleted) - maxDeleted; n > 0 {
-		s.deleted = append([]DeletedSchedule(nil), s.deleted[n:]...)
+	// Nobody asked for this change, so nothing to refuse: with a state file that
+	// cannot be written the deletions stand in memory, and the log has every
+	// definition.
+	err := s.mutate(context.Background(), change, true)
+	if errors.Is(err, errNoChange) {
+		return
 	}
-	if err := s.saveLocked(); err != nil {
-		// Nobody asked for this change, so nothing to refuse: the deletions stand in
-		// memory and the log above has every definition.
+	for _, d := range gone {
+		s.log.Warn("schedule deleted: its function is undeployed; egressd schedules restore "+d.ID+" brings it back",
+			"id", d.ID, "function", d.Function, "cron", d.Cron, "payload", d.Payload, "reason", d.Reason)
+	}
+	if err != nil {
 		s.log.Error("scheduler state not saved after undeploying", "file", s.opts.StateFile, "error", err)
 	}
-	s.wake()
 }
+
+// errNoChange is a change that leaves the definitions as they are.
+var errNoChange = errors.New("no change")
 
 // Deleted returns the schedules deleted with their functions, oldest first.
 func (s *Scheduler) Deleted() []DeletedSchedule {
@@ -211,52 +244,55 @@ func (s *Scheduler) Deleted() []DeletedSchedule {
 // function is productive again.
 func (s *Scheduler) Restore(id string) (Schedule, error) {
 	now := s.opts.Clock.Now().UTC()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	i := slices.IndexFunc(s.deleted, func(d DeletedSchedule) bool { return d.ID == id })
-	if i < 0 {
-		return Schedule{}, fmt.Errorf("%w: %s is not among the deleted schedules (egressd schedules list --deleted)", ErrNotFound, id)
-	}
-	d := s.deleted[i]
-	if _, ok := s.entries[id]; ok {
-		return Schedule{}, fmt.Errorf("%w: schedule %s exists", ErrInvalid, id)
-	}
-	if err := s.checkFunctionLocked(d.Function); err != nil {
-		return Schedule{}, err
-	}
-	spec, err := ParseCron(d.Cron, now)
-	if err != nil {
-		return Schedule{}, fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	e := &entry{Schedule: d.Schedule, spec: spec}
-	e.State = State{NextRun: spec.Next(now)}
-	s.entries[id] = e
-	s.deleted = slices.Delete(s.deleted, i, i+1)
-	if err := s.saveLocked(); err != nil {
-		delete(s.entries, id)
-		s.deleted = slices.Insert(s.deleted, i, d)
-		return Schedule{}, fmt.Errorf("%w: %v", ErrNotSaved, err)
-	}
-	s.metrics.schedules.Set(float64(len(s.entries)))
-	s.wake()
-	return e.Schedule, nil
+	var restored Schedule
+	err := s.mutate(context.Background(), func(d *Definitions) error {
+		i := slices.IndexFunc(d.Deleted, func(x DeletedSchedule) bool { return x.ID == id })
+		if i < 0 {
+			return fmt.Errorf("%w: %s is not among the deleted schedules (egressd schedules list --deleted)", ErrNotFound, id)
+		}
+		if slices.ContainsFunc(d.Schedules, func(x Schedule) bool { return x.ID == id }) {
+			return fmt.Errorf("%w: schedule %s exists", ErrInvalid, id)
+		}
+		del := d.Deleted[i]
+		if err := s.checkFunction(del.Function, len(d.Schedules)); err != nil {
+			return err
+		}
+		spec, err := ParseCron(del.Cron, now)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		restored = del.Schedule
+		restored.State = State{NextRun: spec.Next(now)}
+		d.Schedules = append(d.Schedules, restored)
+		d.Deleted = slices.Delete(d.Deleted, i, i+1)
+		return nil
+	}, false)
+	return restored, err
 }
 
-// checkFunctionLocked says whether a schedule for function may be added now.
-func (s *Scheduler) checkFunctionLocked(function string) error {
-	f, ok := s.functions[function]
+func (s *Scheduler) function(name string) (Function, bool) {
+	s.fnMu.RLock()
+	defer s.fnMu.RUnlock()
+	f, ok := s.functions[name]
+	return f, ok
+}
+
+// checkFunction says whether a schedule for function may be added to count others.
+func (s *Scheduler) checkFunction(function string, count int) error {
+	f, ok := s.function(function)
 	switch {
 	case !ok:
 		return fmt.Errorf("%w: no function %q in the functions file", ErrInvalid, function)
 	case f.State != StateProductive:
 		return fmt.Errorf("%w: function %q is %s; only productive functions can be scheduled", ErrInvalid, function, f.State)
-	case len(s.entries) >= s.opts.MaxSchedules:
-		return fmt.Errorf("%w: there are %d schedules, the most allowed (scheduler.max_schedules); delete one first", ErrLimit, len(s.entries))
+	case count >= s.opts.MaxSchedules:
+		return fmt.Errorf("%w: there are %d schedules, the most allowed (scheduler.max_schedules); delete one first", ErrLimit, count)
 	}
 	return nil
 }
 
-// Create adds a schedule for a productive function.
+// Create adds a schedule for a productive function. In cluster mode the limit holds
+// across replicas: the check and the write are one transaction.
 func (s *Scheduler) Create(function, expr string, payload []byte) (Schedule, error) {
 	now := s.opts.Clock.Now().UTC()
 	spec, err := ParseCron(expr, now)
@@ -266,58 +302,52 @@ func (s *Scheduler) Create(function, expr string, payload []byte) (Schedule, err
 	if err := checkPayload(payload); err != nil {
 		return Schedule{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.checkFunctionLocked(function); err != nil {
-		return Schedule{}, err
-	}
 	if len(payload) == 0 {
 		payload = []byte("{}")
 	}
-	e := &entry{Schedule: Schedule{ID: newID(), Function: function, Cron: expr, Payload: string(payload), Created: now}, spec: spec}
-	e.State.NextRun = spec.Next(now)
-	s.entries[e.ID] = e
-	// Saved before it is answered: a schedule that is not on disk is not created.
-	if err := s.saveLocked(); err != nil {
-		delete(s.entries, e.ID)
-		return Schedule{}, fmt.Errorf("%w: %v", ErrNotSaved, err)
+	sc := Schedule{ID: newID(), Function: function, Cron: expr, Payload: string(payload), Created: now, State: State{NextRun: spec.Next(now)}}
+	// Saved before it is answered: a schedule that is not stored is not created.
+	err = s.mutate(context.Background(), func(d *Definitions) error {
+		if err := s.checkFunction(function, len(d.Schedules)); err != nil {
+			return err
+		}
+		d.Schedules = append(d.Schedules, sc)
+		return nil
+	}, false)
+	if err != nil {
+		return Schedule{}, err
 	}
-	s.metrics.schedules.Set(float64(len(s.entries)))
-	s.wake()
-	return e.Schedule, nil
+	return sc, nil
 }
 
 // Delete removes a schedule, durably, or not at all.
 func (s *Scheduler) Delete(id string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e, ok := s.entries[id]
-	if !ok {
-		return ErrNotFound
-	}
-	delete(s.entries, id)
-	if err := s.saveLocked(); err != nil {
-		s.entries[id] = e
-		return fmt.Errorf("%w: %v", ErrNotSaved, err)
-	}
-	s.removeLocked(id)
-	s.wake()
-	return nil
-}
-
-func (s *Scheduler) removeLocked(id string) {
-	delete(s.entries, id)
-	s.metrics.forget(id)
-	s.metrics.schedules.Set(float64(len(s.entries)))
+	return s.mutate(context.Background(), func(d *Definitions) error {
+		i := slices.IndexFunc(d.Schedules, func(x Schedule) bool { return x.ID == id })
+		if i < 0 {
+			return ErrNotFound
+		}
+		d.Schedules = slices.Delete(d.Schedules, i, i+1)
+		return nil
+	}, false)
 }
 
 // List returns every schedule with its state, oldest first.
 func (s *Scheduler) List() []Schedule {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var states map[string]State
+	if s.shared != nil {
+		states = s.shared.States() // the leader's records: this replica may not have run any
+	}
 	out := make([]Schedule, 0, len(s.entries))
 	for _, e := range s.entries {
-		out = append(out, e.Schedule)
+		sc := e.Schedule
+		if st, ok := states[e.ID]; ok && (sc.State.LastRun == nil || st.LastRun != nil && st.LastRun.After(*sc.State.LastRun)) {
+			next := sc.State.NextRun
+			sc.State, sc.State.NextRun = st, next
+		}
+		out = append(out, sc)
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if !out[i].Created.Equal(out[j].Created) {
@@ -365,6 +395,15 @@ func (s *Scheduler) RunDue(now time.Time) {
 		s.saveStateLocked()
 	}
 	s.mu.Unlock()
+	if s.shared != nil {
+		// Only the leader invokes, each run once it has claimed it.
+		if s.shared.Leading() {
+			for i, e := range due {
+				s.runClaimed(e, at[i])
+			}
+		}
+		return
+	}
 	for i, e := range due {
 		if !s.start(e) {
 			s.metrics.invocations.WithLabelValues(e.Function, "skipped").Inc()
@@ -400,7 +439,7 @@ func (s *Scheduler) invoke(e *entry, at time.Time) {
 			}
 		}()
 		s.mu.Lock()
-		f := s.functions[e.Function]
+		f, _ := s.function(e.Function)
 		payload := e.Payload
 		s.mu.Unlock()
 		ctx, cancel := context.WithTimeout(s.runs, s.opts.InvokeTimeout)
@@ -424,12 +463,17 @@ func (s *Scheduler) invoke(e *entry, at time.Time) {
 		result = "failure"
 		e.State.LastOutcome, e.State.LastError = "failure", err.Error()
 	}
-	if _, still := s.entries[e.ID]; still {
+	_, still := s.entries[e.ID]
+	if still {
 		s.metrics.lastRun.WithLabelValues(e.ID).Set(float64(start.UnixNano()) / 1e9)
 		s.metrics.lastSuccess.WithLabelValues(e.ID).Set(b2f(err == nil))
 		s.saveStateLocked()
 	}
+	st := e.State
 	s.mu.Unlock()
+	if still && s.shared != nil {
+		s.recordShared(e.ID, st)
+	}
 	s.metrics.invocations.WithLabelValues(e.Function, result).Inc()
 	s.log.Info("schedule ran", "id", e.ID, "function", e.Function, "scheduled", at, "outcome", result,
 		"status", status, "error", errString(err), "duration_seconds", duration.Seconds())
@@ -489,14 +533,19 @@ func (s *Scheduler) wake() {
 	}
 }
 
-// stateFile is the state file's content.
-type stateFile struct {
+// Definitions are the schedules and the deleted list: the state file's content, and
+// in cluster mode what etcd holds (each schedule's state apart).
+type Definitions struct {
 	Schedules []Schedule        `json:"schedules"`
 	Deleted   []DeletedSchedule `json:"deleted,omitempty"` // undeployed with their function
 }
 
 // loadState reads the state file. Next runs are computed afresh from now.
 func (s *Scheduler) loadState() error {
+	if s.shared != nil {
+		s.Refresh()
+		return nil
+	}
 	if s.opts.StateFile == "" {
 		return nil
 	}
@@ -507,7 +556,7 @@ func (s *Scheduler) loadState() error {
 	if err != nil {
 		return fmt.Errorf("scheduler state: %w", err)
 	}
-	var st stateFile
+	var st Definitions
 	if err := json.Unmarshal(data, &st); err != nil {
 		return fmt.Errorf("scheduler state file %s: %w (the previous version is in .bak)", s.opts.StateFile, err)
 	}
@@ -527,26 +576,118 @@ func (s *Scheduler) loadState() error {
 	return nil
 }
 
+// definitionsLocked is the definitions as in memory.
+func (s *Scheduler) definitionsLocked() Definitions {
+	d := Definitions{Schedules: []Schedule{}, Deleted: slices.Clone(s.deleted)}
+	for _, e := range s.entries {
+		d.Schedules = append(d.Schedules, e.Schedule)
+	}
+	sort.Slice(d.Schedules, func(i, j int) bool { return d.Schedules[i].ID < d.Schedules[j].ID })
+	return d
+}
+
 // saveLocked writes the state file durably (atomicfile.Write).
 func (s *Scheduler) saveLocked() error {
+	return s.writeFile(s.definitionsLocked())
+}
+
+func (s *Scheduler) writeFile(d Definitions) error {
 	if s.opts.StateFile == "" {
 		return nil
 	}
-	st := stateFile{Schedules: []Schedule{}, Deleted: s.deleted}
-	for _, e := range s.entries {
-		st.Schedules = append(st.Schedules, e.Schedule)
-	}
-	sort.Slice(st.Schedules, func(i, j int) bool { return st.Schedules[i].ID < st.Schedules[j].ID })
-	data, err := json.MarshalIndent(st, "", "  ")
+	data, err := json.MarshalIndent(d, "", "  ")
 	if err != nil {
 		return err
 	}
 	return atomicfile.Write(s.opts.StateFile, data)
 }
 
+// maxSharedAttempts bounds the retries of a change whose definitions another
+// replica wrote between the read and the write: each round, one writer wins.
+const maxSharedAttempts = 100
+
+// mutate applies change to the definitions as stored and, once they are stored,
+// to memory. With a state file: the definitions in memory, written durably. In
+// cluster mode: the definitions in etcd, read afresh and written in a transaction
+// on the revision read, retried when another replica wrote in between, so that
+// checks such as the schedule limit hold across replicas. force installs the
+// change in memory even when it could not be stored (state file only).
+func (s *Scheduler) mutate(ctx context.Context, change func(*Definitions) error, force bool) error {
+	if s.shared == nil {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		d := s.definitionsLocked()
+		if err := change(&d); err != nil {
+			return err
+		}
+		err := s.writeFile(d)
+		if err != nil && !force {
+			return fmt.Errorf("%w: %v", ErrNotSaved, err)
+		}
+		s.installLocked(d)
+		return err
+	}
+	for range maxSharedAttempts {
+		d, rev, err := s.shared.Fetch(ctx)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrNotSaved, err)
+		}
+		if err := change(&d); err != nil {
+			return err
+		}
+		ok, err := s.shared.Store(ctx, d, rev)
+		if err != nil {
+			return fmt.Errorf("%w (etcd did not confirm it; it may still be applied once etcd recovers: list before retrying): %v", ErrUnconfirmed, err)
+		}
+		if ok {
+			s.mu.Lock()
+			s.installLocked(d)
+			s.mu.Unlock()
+			return nil
+		}
+		time.Sleep(time.Duration(mrand.Int64N(int64(2 * time.Millisecond))))
+	}
+	return fmt.Errorf("%w: the schedules are being changed by other replicas; try again", ErrNotSaved)
+}
+
+// installLocked makes d the schedules in memory: an entry still defined keeps its
+// run slot and next run, a new one gets its next run from now, one gone is
+// forgotten.
+func (s *Scheduler) installLocked(d Definitions) {
+	now := s.opts.Clock.Now().UTC()
+	entries := make(map[string]*entry, len(d.Schedules))
+	for _, sc := range d.Schedules {
+		if e, ok := s.entries[sc.ID]; ok {
+			entries[sc.ID] = e // a schedule's definition never changes under its ID
+			continue
+		}
+		spec, err := ParseCron(sc.Cron, now)
+		if err != nil {
+			s.log.Warn("schedule dropped: its cron does not parse", "id", sc.ID, "error", err)
+			continue
+		}
+		e := &entry{Schedule: sc, spec: spec}
+		if e.State.NextRun.IsZero() || !e.State.NextRun.After(now) {
+			e.State.NextRun = spec.Next(now)
+		}
+		entries[sc.ID] = e
+	}
+	for id := range s.entries {
+		if _, ok := entries[id]; !ok {
+			s.metrics.forget(id)
+		}
+	}
+	s.entries, s.deleted = entries, d.Deleted
+	s.metrics.schedules.Set(float64(len(s.entries)))
+	s.wake()
+}
+
 // saveStateLocked saves what no client waits for (the outcome of a run): a failure
 // is logged, the state in memory stays.
 func (s *Scheduler) saveStateLocked() {
+	if s.shared != nil {
+		return // each run's state is recorded on its own (recordShared)
+	}
 	if err := s.saveLocked(); err != nil {
 		s.log.Error("scheduler state not saved", "file", s.opts.StateFile, "error", err)
 	}

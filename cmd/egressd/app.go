@@ -58,7 +58,9 @@ type app struct {
 	// clusterSecrets is the secret store's records on etcd, in cluster mode with
 	// secrets.key_file.
 	clusterSecrets *cluster.Secrets
-	adminToken     string // empty: no admin API
+	// clusterSchedules is the schedules on etcd, in cluster mode with a functions file.
+	clusterSchedules *cluster.Schedules
+	adminToken       string // empty: no admin API
 }
 
 // newApp builds the app. Each step is a constructor; the first that fails ends it.
@@ -109,7 +111,11 @@ func (a *app) openScheduler() error {
 		}
 	}
 	var err error
-	a.sched, err = openScheduler(a.c, a.log, a.reg)
+	var shared scheduler.Shared
+	if a.clusterSchedules != nil {
+		shared = a.clusterSchedules
+	}
+	a.sched, err = openScheduler(a.c, a.log, a.reg, shared)
 	return err
 }
 
@@ -222,8 +228,13 @@ func (a *app) joinCluster() error {
 			return err
 		}
 	}
-	if *a.c.Scheduler.Enabled && a.c.Scheduler.FunctionsFile != "" {
-		a.log.Warn("cluster mode does not share schedules yet: this replica runs its own, from its own state file; enable the scheduler on one replica only")
+	if a.c.Scheduler.FunctionsFile != "" {
+		host, _ := os.Hostname()
+		name := fmt.Sprintf("%s/%d", host, os.Getpid())
+		if a.clusterSchedules, err = cluster.NewSchedules(context.Background(), a.cluster, e.SessionTTL, name); err != nil {
+			a.cluster.Close()
+			return err
+		}
 	}
 	return nil
 }

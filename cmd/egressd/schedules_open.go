@@ -13,18 +13,26 @@ import (
 )
 
 // openScheduler loads the functions file and the schedule state. With the scheduler
-// disabled or no functions file, it returns nil.
-func openScheduler(c *config.Config, log *slog.Logger, reg prometheus.Registerer) (*scheduler.Scheduler, error) {
-	if !*c.Scheduler.Enabled || c.Scheduler.FunctionsFile == "" {
+// disabled or no functions file, it returns nil. In cluster mode the schedules are
+// on shared (etcd) and every replica with a functions file serves them, while only
+// those with the scheduler enabled take part in the election; check, which dials
+// nothing, passes no shared and gets a scheduler with no state.
+func openScheduler(c *config.Config, log *slog.Logger, reg prometheus.Registerer, shared scheduler.Shared) (*scheduler.Scheduler, error) {
+	cluster := c.Cluster.Etcd.Enabled()
+	if c.Scheduler.FunctionsFile == "" || !*c.Scheduler.Enabled && !cluster {
 		return nil, nil
 	}
-	s, err := scheduler.New(scheduler.Options{
+	opts := scheduler.Options{
 		StateFile:     c.Scheduler.StateFile,
 		MaxSchedules:  c.Scheduler.MaxSchedules,
 		InvokeTimeout: c.Scheduler.InvokeTimeout,
 		Logger:        log,
 		Registerer:    reg,
-	})
+	}
+	if cluster {
+		opts.StateFile, opts.Shared = "", shared
+	}
+	s, err := scheduler.New(opts)
 	if err != nil {
 		return nil, err
 	}

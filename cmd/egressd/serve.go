@@ -220,6 +220,9 @@ func (a *app) serve(ctx context.Context) error {
 		if a.clusterSecrets != nil {
 			go a.clusterSecrets.Run(watchCtx, a.store.Refresh)
 		}
+		if a.clusterSchedules != nil {
+			go a.clusterSchedules.Run(watchCtx, *c.Scheduler.Enabled, a.sched.Refresh, func() { a.sched.Lead(watchCtx) })
+		}
 	}
 	schedDone := make(chan struct{})
 	if a.sched != nil {

@@ -825,6 +825,9 @@ func (c *Config) validateCluster(add func(keys []string, format string, args ...
 	if e.SessionTTL > 0 && e.SessionTTL < 2*time.Second {
 		add(key("session_ttl"), "%s is too short for a lease; use 2s or more", e.SessionTTL)
 	}
+	if c.Scheduler.StateFile != "" {
+		add([]string{"scheduler", "state_file"}, "is set with cluster.etcd; in cluster mode the schedules and their state live in etcd: remove state_file")
+	}
 	if c.ManagedAllowlist.File != "" {
 		add([]string{"managed_allowlist", "file"}, "is set with cluster.etcd; in cluster mode managed rules live in etcd, under the prefix: remove managed_allowlist")
 	}
