@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,7 +22,7 @@ func clusterReplica(t *testing.T, endpoint string, extra ...string) (*daemon, fu
 	writeFile(t, filepath.Join(dir, "admin.token"), "cluster-token\n")
 	d := startDaemon(t, daemonConfig{
 		files: map[string]string{"allow.d/a.txt": "file-rule.example.com\n"},
-		extra: fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\ncluster:\n  etcd:\n    endpoints: [%s]\n    prefix: /e2e/\n    dial_timeout: 1s\n%s",
+		extra: fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\ncluster:\n  etcd:\n    endpoints: [%s]\n    prefix: /e2e/\n    dial_timeout: 1s\n    session_ttl: 2s\n%s",
 			filepath.Join(dir, "admin.token"), endpoint, strings.Join(extra, "")),
 	})
 	var started struct{ Admin string }
@@ -320,6 +322,113 @@ func TestClusterMemberLoss(t *testing.T) {
 		readsOn(d, "v3")
 		if got := d.status("http://" + target + "/"); got != 200 {
 			t.Errorf("the rule added with one member down, on %s after recovery: %d", d.proxy, got)
+		}
+	}
+}
+
+// TestClusterScheduler: three egressd replicas share one schedule on etcd. Each
+// minute's run is invoked once whichever replica leads; kill -9 of the leader hands
+// the lead to another within session_ttl + 1s, and the next run is still invoked
+// once. It waits for real minute boundaries (up to about two minutes).
+func TestClusterScheduler(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for real minute boundaries")
+	}
+	t.Parallel()
+	etcd := etcdtest.Start(t)
+	var mu sync.Mutex
+	calls := map[string]int{}
+	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		calls[r.Header.Get("X-Egressd-Scheduled-Time")]++
+		mu.Unlock()
+	}))
+	defer fn.Close()
+	runsAt := func(at string) int { mu.Lock(); defer mu.Unlock(); return calls[at] }
+	dir := t.TempDir()
+	functions := filepath.Join(dir, "functions.yaml")
+	writeFile(t, functions, "functions:\n  - name: f\n    url: "+fn.URL+"/\n    state: productive\n")
+	sched := fmt.Sprintf("scheduler:\n  functions_file: %s\n", functions)
+	var replicas []*daemon
+	var admins []func(args ...string) execResult
+	for range 3 {
+		d, _ := clusterReplica(t, etcd.Endpoint, sched)
+		var started struct{ Admin string }
+		json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
+		admins = append(admins, func(args ...string) execResult {
+			return execInEnv(t, dir, []string{"EGRESSD_ADMIN_TOKEN=cluster-token"}, nil, append(append([]string{"schedules"}, args...), "--admin", "http://"+started.Admin)...)
+		})
+		replicas = append(replicas, d)
+	}
+	leaderOf := func(ds []*daemon) *daemon {
+		for i := 0; i < 500; i++ {
+			for _, d := range ds {
+				if d.logs.count("this replica leads the scheduler") > 0 && d.cmd.ProcessState == nil {
+					return d
+				}
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Fatal("no replica leads the scheduler")
+		return nil
+	}
+	first := leaderOf(replicas)
+	if r := admins[1]("create", "--function", "f", "--cron", "* * * * *"); r.code != 0 {
+		t.Fatalf("schedules create on B: %d %s", r.code, r.stderr)
+	}
+	for i, a := range admins {
+		if r := a("list"); !strings.Contains(r.stdout, "* * * * *") {
+			t.Errorf("schedules list on replica %d:\n%s", i, r.stdout)
+		}
+	}
+	nextMinute := func() (string, time.Duration) {
+		now := time.Now().UTC()
+		next := now.Truncate(time.Minute).Add(time.Minute)
+		return next.Format(time.RFC3339), next.Sub(now)
+	}
+	at, wait := nextMinute()
+	time.Sleep(wait + 3*time.Second)
+	if n := runsAt(at); n != 1 {
+		t.Fatalf("the run at %s was invoked %d times; want once", at, n)
+	}
+
+	// kill -9 the leader; another leads within session_ttl + 1s.
+	first.cmd.Process.Kill()
+	<-first.done
+	killed := time.Now()
+	var live []*daemon
+	for _, d := range replicas {
+		if d != first {
+			live = append(live, d)
+		}
+	}
+	var second *daemon
+	for second == nil && time.Since(killed) < 10*time.Second {
+		for _, d := range live {
+			if d.logs.count("this replica leads the scheduler") > 0 {
+				second = d
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if second == nil {
+		t.Fatal("no replica took over the scheduler within 10s of kill -9")
+	}
+	failover := time.Since(killed)
+	t.Logf("scheduler failover after kill -9 of the leader: %s (session_ttl 2s)", failover.Round(time.Millisecond))
+	if failover > 3*time.Second {
+		t.Errorf("failover took %s; want within session_ttl + 1s", failover)
+	}
+	at, wait = nextMinute()
+	time.Sleep(wait + 3*time.Second)
+	if n := runsAt(at); n != 1 {
+		t.Errorf("the run at %s, after the failover, was invoked %d times; want once", at, n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for slot, n := range calls {
+		if n != 1 {
+			t.Errorf("the run at %s was invoked %d times", slot, n)
 		}
 	}
 }
