@@ -172,3 +172,28 @@ func BenchmarkPropagation(b *testing.B) {
 		reportPercentiles(b, "us", time.Microsecond, lat)
 	})
 }
+
+// BenchmarkSchedulerFailover: the time from the leader's connection being cut (as
+// by kill -9: no resignation) to another replica leading, session_ttl 2s. Run it
+// on its own, with few iterations: -bench SchedulerFailover -benchtime 5x.
+func BenchmarkSchedulerFailover(b *testing.B) {
+	etcd := etcdtest.Start(b)
+	clock := &manualClock{now: time.Now()}
+	inv := &runs{n: map[string]int{}}
+	var live []*schedReplica
+	for i := range 3 {
+		live = append(live, startSchedReplica(b, etcd.Endpoint, i, clock, inv))
+	}
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for n := range b.N {
+		old, _ := leader(b, live, 10*time.Second)
+		old.c.Close()
+		cut := time.Now()
+		live = slices.DeleteFunc(live, func(r *schedReplica) bool { return r == old })
+		leader(b, live, 10*time.Second)
+		lat = append(lat, time.Since(cut))
+		live = append(live, startSchedReplica(b, etcd.Endpoint, 3+n, clock, inv))
+	}
+	reportPercentiles(b, "ms", time.Millisecond, lat)
+}

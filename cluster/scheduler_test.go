@@ -72,7 +72,7 @@ type schedReplica struct {
 	done   chan struct{}
 }
 
-func startSchedReplica(t *testing.T, endpoint string, i int, clock *manualClock, inv *runs) *schedReplica {
+func startSchedReplica(t testing.TB, endpoint string, i int, clock *manualClock, inv *runs) *schedReplica {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -100,7 +100,7 @@ func startSchedReplica(t *testing.T, endpoint string, i int, clock *manualClock,
 }
 
 // leader waits up to d for exactly one of replicas to lead, and returns it.
-func leader(t *testing.T, replicas []*schedReplica, d time.Duration) (*schedReplica, time.Duration) {
+func leader(t testing.TB, replicas []*schedReplica, d time.Duration) (*schedReplica, time.Duration) {
 	t.Helper()
 	start := time.Now()
 	for time.Since(start) < d {

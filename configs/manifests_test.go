@@ -317,3 +317,63 @@ func TestDockerfile(t *testing.T) {
 		}
 	}
 }
+
+// TestEtcdManifests: the example etcd for cluster mode has three members that name
+// each other as the headless Service names them, with TLS for clients and peers,
+// and the cluster-mode config loads and points at those members.
+func TestEtcdManifests(t *testing.T) {
+	data, err := os.ReadFile("kubernetes/etcd/etcd.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sts, cm map[string]any
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var doc map[string]any
+		if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		switch doc["kind"] {
+		case "StatefulSet":
+			sts = doc
+		case "ConfigMap":
+			cm = doc
+		}
+	}
+	if sts == nil || cm == nil {
+		t.Fatal("etcd.yaml needs the StatefulSet and the cluster-mode ConfigMap")
+	}
+	spec := sts["spec"].(map[string]any)
+	if spec["replicas"] != 3 || spec["serviceName"] != "etcd" {
+		t.Errorf("StatefulSet: replicas %v, serviceName %v; want 3 members behind the etcd Service", spec["replicas"], spec["serviceName"])
+	}
+	ctr := spec["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)[0].(map[string]any)
+	args := fmt.Sprint(ctr["args"])
+	var members []string
+	for i := range 3 {
+		members = append(members, fmt.Sprintf("etcd-%d=https://etcd-%d.etcd:2380", i, i))
+	}
+	for _, want := range []string{"--initial-cluster=" + strings.Join(members, ","), "--client-cert-auth", "--peer-client-cert-auth", "--listen-client-urls=https://"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("etcd args lack %s", want)
+		}
+	}
+
+	cfgFile := filepath.Join(t.TempDir(), "egressd.yaml")
+	os.WriteFile(cfgFile, []byte(cm["data"].(map[string]any)["egressd.yaml"].(string)), 0o644)
+	c, err := config.LoadFile(cfgFile)
+	if err != nil {
+		t.Fatalf("the cluster-mode egressd.yaml does not load: %v", err)
+	}
+	e := c.Cluster.Etcd
+	if !c.SecretsShared() || len(e.Endpoints) != 3 || e.TLS.CAFile == "" || e.TLS.CertFile == "" || e.PasswordFile == "" {
+		t.Errorf("cluster config: %+v; want secrets on etcd, three https endpoints, TLS with a client certificate, a password", e)
+	}
+	for i, ep := range e.Endpoints {
+		if ep != fmt.Sprintf("https://etcd-%d.etcd:2379", i) {
+			t.Errorf("endpoint %d is %s; want the StatefulSet's member etcd-%d", i, ep, i)
+		}
+	}
+}
