@@ -264,6 +264,18 @@ func TestSchedulerOnEtcd(t *testing.T) {
 	if got := inv.total(); got != 7 {
 		t.Errorf("%d invocations in all; want 7 (5 + 1 + 1)", got)
 	}
+
+	// etcd down: changes fail (503 through the API), listing goes on from the cache.
+	etcd.Stop()
+	if _, err := third.s.Create("f", "0 0 1 1 *", nil); !errors.Is(err, scheduler.ErrNotSaved) && !errors.Is(err, scheduler.ErrUnconfirmed) {
+		t.Errorf("create with etcd down: %v; want ErrNotSaved or ErrUnconfirmed", err)
+	}
+	if err := third.s.Delete(sc.ID); !errors.Is(err, scheduler.ErrNotSaved) && !errors.Is(err, scheduler.ErrUnconfirmed) {
+		t.Errorf("delete with etcd down: %v", err)
+	}
+	if l := third.s.List(); len(l) != 1 {
+		t.Errorf("list with etcd down: %d schedules; want the one", len(l))
+	}
 }
 
 // testutilMissed is the missed-runs counter of function f in reg.

@@ -237,6 +237,23 @@ func TestClusterSecrets(t *testing.T) {
 	if r := migrate(); r.code != 0 || !strings.Contains(r.stdout, "kept oauth-token") {
 		t.Errorf("migrating over an existing secret: %d %s %s", r.code, r.stdout, r.stderr)
 	}
+
+	// Key rotation: a new key as key_file, the old as previous_key_file, reseal; a
+	// replica with the new key alone then reads every secret.
+	newKey := filepath.Join(dir, "new.key")
+	if _, stderr, code := egressd(t, dir, "secrets", "init", "--file", filepath.Join(dir, "scratch.enc"), "--key-file", newKey); code != 0 {
+		t.Fatalf("making a key: %s", stderr)
+	}
+	rotating := strings.Replace(clusterYAML, "  key_file: "+s.keyFile+"\n", "  key_file: "+newKey+"\n  previous_key_file: "+s.keyFile+"\n", 1)
+	rotDir := writeConfig(t, daemonConfig{extra: rotating})
+	if r := execIn(t, dir, nil, "secrets", "reseal", "--config", filepath.Join(rotDir, "egressd.yaml")); r.code != 0 || !strings.Contains(r.stdout, "re-sealed 2 secret(s)") {
+		t.Fatalf("secrets reseal: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	onlyNew := startDaemon(t, daemonConfig{extra: strings.Replace(clusterYAML, s.keyFile, newKey, 1)})
+	code, v := runtimeCall(t, plain, "GET", "http://"+onlyNew.proxy+"/v1/secrets/db-password", "")
+	if code != 200 || v["value"] != "db-pass" {
+		t.Errorf("with the new key alone after reseal: %d %v", code, v["value"])
+	}
 }
 
 // TestClusterMemberLoss: three egressd replicas on a three-member etcd cluster. With

@@ -78,7 +78,7 @@ func writeSchedulerError(w http.ResponseWriter, err error) {
 		admin.WriteError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, ErrInvalid):
 		admin.WriteError(w, http.StatusBadRequest, err.Error())
-	case errors.Is(err, ErrNotSaved):
+	case errors.Is(err, ErrNotSaved), errors.Is(err, ErrUnconfirmed):
 		admin.WriteError(w, http.StatusServiceUnavailable, err.Error())
 	default:
 		admin.WriteError(w, http.StatusInternalServerError, err.Error())

@@ -179,9 +179,17 @@ func (s *Store) writeShared(ctx context.Context, op, key string, change func(*pa
 	return fmt.Errorf("%w: %q is being written by other replicas; try again", ErrBusy, key)
 }
 
-// rotateShared re-seals every record under the current key, one transaction each:
-// a crash midway leaves each record sealed under the old key or the new, and the
-// old key (secrets.previous_key_file) still opens the former.
+// Reseal re-seals every record of a shared store under its key (secrets.key_file),
+// opening them with that key or the previous one, one transaction each: a crash
+// midway leaves each record sealed under the old key or the new, and the old key
+// (secrets.previous_key_file) still opens the former. 
+func (s *Store) Reseal(ctx context.Context) error {
+	if s.shared == nil {
+		return errors.New("reseal is for a shared store; a file store rotates with rotate-key")
+	}
+	return s.rotateShared(ctx)
+}
+
 func (s *Store) rotateShared(ctx context.Context) error {
 	for key := range s.shared.remote.Records() {
 		err := s.writeShared(ctx, "rotate", key, func(*payload) error { return nil })

@@ -29,6 +29,8 @@ Commands:
                                  create a new key file and an empty store (optionally seeded)
   rotate-key --file F --key-file K --new-key-file NEW
                                  generate a new key into NEW and re-encrypt the store under it
+  reseal --config C              cluster mode: re-seal every secret in etcd under secrets.key_file,
+                                 opening them with it or secrets.previous_key_file (key rotation)
   migrate --from-file F --key-file K --config C [--overwrite]
                                  copy a file store into etcd (cluster mode of config C), versions
                                  and times kept; existing secrets are kept unless --overwrite
@@ -61,7 +63,7 @@ func runSecrets(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return code
 	}
 	fail, usage := g.fail, g.usage
-	if code, ok := g.checkArgs(pos, map[string]int{"list": 0, "create": 1, "delete": 1, "init": 0, "rotate-key": 0, "migrate": 0}); !ok {
+	if code, ok := g.checkArgs(pos, map[string]int{"list": 0, "create": 1, "delete": 1, "init": 0, "rotate-key": 0, "migrate": 0, "reseal": 0}); !ok {
 		return code
 	}
 
@@ -80,6 +82,11 @@ func runSecrets(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			return usage("give --file, --key-file (the current key) and --new-key-file (created, must not exist)")
 		}
 		return doRotate(ctx, *file, *keyFile, *newKeyFile, stdout, fail)
+	case "reseal":
+		if *configPath == "" {
+			return usage("give --config (the cluster-mode configuration, with the new key as secrets.key_file and the old as previous_key_file)")
+		}
+		return doReseal(ctx, *configPath, stdout, stderr, fail)
 	case "migrate":
 		if *fromFile == "" || *keyFile == "" || *configPath == "" {
 			return usage("give --from-file (the secrets file), --key-file (its key) and --config (the cluster-mode configuration)")
@@ -220,29 +227,11 @@ func doMigrate(ctx context.Context, from, keyFile, configPath string, overwrite 
 	if err != nil {
 		return fail(err)
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	key, prev, err := secretsKeys(c, log)
+	dst, closeStore, err := openSharedSecrets(ctx, c, stderr)
 	if err != nil {
 		return fail(err)
 	}
-	e := c.Cluster.Etcd
-	cl, err := cluster.Connect(ctx, cluster.Config{
-		Endpoints: e.Endpoints, Prefix: e.Prefix,
-		CAFile: e.TLS.CAFile, CertFile: e.TLS.CertFile, KeyFile: e.TLS.KeyFile,
-		Username: e.Username, PasswordFile: e.PasswordFile, DialTimeout: e.DialTimeout,
-	}, log, nil)
-	if err != nil {
-		return fail(err)
-	}
-	defer cl.Close()
-	remote, err := cluster.NewSecrets(ctx, cl)
-	if err != nil {
-		return fail(err)
-	}
-	dst, err := secrets.OpenShared(secrets.SharedOptions{Remote: remote, Key: key, PreviousKey: prev})
-	if err != nil {
-		return fail(err)
-	}
+	defer closeStore()
 	list, err := src.List(true)
 	if err != nil {
 		return fail(err)
@@ -265,7 +254,56 @@ func doMigrate(ctx context.Context, from, keyFile, configPath string, overwrite 
 			fmt.Fprintf(stdout, "kept %s: it exists in etcd (--overwrite replaces it)\n", info.Key)
 		}
 	}
-	fmt.Fprintf(stdout, "%d secret(s) copied into etcd under %ssecrets/, %d kept\n", copied, e.Prefix, kept)
+	fmt.Fprintf(stdout, "%d secret(s) copied into etcd under %ssecrets/, %d kept\n", copied, c.Cluster.Etcd.Prefix, kept)
+	return exitOK
+}
+
+// openSharedSecrets opens the secret store on etcd that c's cluster section names,
+// for a command: no watch runs, every read is of what etcd held when it opened.
+func openSharedSecrets(ctx context.Context, c *config.Config, stderr io.Writer) (*secrets.Store, func(), error) {
+	if !c.SecretsShared() {
+		return nil, nil, fmt.Errorf("%s is not in cluster mode with secrets on etcd: set cluster.etcd.endpoints and secrets.key_file", c.File)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	key, prev, err := secretsKeys(c, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	e := c.Cluster.Etcd
+	cl, err := cluster.Connect(ctx, cluster.Config{
+		Endpoints: e.Endpoints, Prefix: e.Prefix,
+		CAFile: e.TLS.CAFile, CertFile: e.TLS.CertFile, KeyFile: e.TLS.KeyFile,
+		Username: e.Username, PasswordFile: e.PasswordFile, DialTimeout: e.DialTimeout,
+	}, log, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	remote, err := cluster.NewSecrets(ctx, cl)
+	if err == nil {
+		var s *secrets.Store
+		if s, err = secrets.OpenShared(secrets.SharedOptions{Remote: remote, Key: key, PreviousKey: prev}); err == nil {
+			return s, func() { cl.Close() }, nil
+		}
+	}
+	cl.Close()
+	return nil, nil, err
+}
+
+// doReseal re-seals every secret on etcd under the config's key.
+func doReseal(ctx context.Context, configPath string, stdout, stderr io.Writer, fail func(error) int) int {
+	c, err := config.LoadFile(configPath)
+	if err != nil {
+		return fail(err)
+	}
+	store, closeStore, err := openSharedSecrets(ctx, c, stderr)
+	if err != nil {
+		return fail(err)
+	}
+	defer closeStore()
+	if err := store.Reseal(ctx); err != nil {
+		return fail(fmt.Errorf("%w; the secrets not yet re-sealed still open with secrets.previous_key_file: run reseal again", err))
+	}
+	fmt.Fprintf(stdout, "re-sealed %d secret(s) under %s; once every replica runs with it, remove previous_key_file\n", store.Len(), c.Secrets.KeyFile)
 	return exitOK
 }
 
