@@ -182,7 +182,7 @@ func (s *Store) writeShared(ctx context.Context, op, key string, change func(*pa
 // Reseal re-seals every record of a shared store under its key (secrets.key_file),
 // opening them with that key or the previous one, one transaction each: a crash
 // midway leaves each record sealed under the old key or the new, and the old key
-// (secrets.previous_key_file) still opens the former. 
+// (secrets.previous_key_file) still opens the former.
 func (s *Store) Reseal(ctx context.Context) error {
 	if s.shared == nil {
 		return errors.New("reseal is for a shared store; a file store rotates with rotate-key")
