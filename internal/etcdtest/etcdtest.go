@@ -8,13 +8,18 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/egressd/egressd/internal/testca"
 )
 
 // Server is a running single-member etcd.
@@ -26,21 +31,40 @@ type Server struct {
 }
 
 // Start runs a one-member etcd on free loopback ports until the test ends.
-func Start(t testing.TB) *Server {
+func Start(t testing.TB) *Server { return StartTLS(t, nil) }
+
+// StartTLS is Start with TLS for clients: a server certificate from ca, and client
+// certificates from ca required. With a nil ca, it is Start.
+func StartTLS(t testing.TB, ca *testca.CA) *Server {
 	t.Helper()
 	cfg := embed.NewConfig()
+	scheme := "http"
+	if ca != nil {
+		scheme = "https"
+		dir := t.TempDir()
+		cert, key := ca.Issue(t, "127.0.0.1", time.Now().Add(time.Hour), false)
+		for name, data := range map[string]string{"ca.pem": ca.PEM, "server.pem": cert, "server.key": key} {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cfg.ClientTLSInfo = transport.TLSInfo{
+			CertFile: filepath.Join(dir, "server.pem"), KeyFile: filepath.Join(dir, "server.key"),
+			TrustedCAFile: filepath.Join(dir, "ca.pem"), ClientCertAuth: true,
+		}
+	}
 	cfg.Dir = t.TempDir()
 	cfg.Logger = "zap"
 	cfg.LogLevel = "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	client, _ := url.Parse("http://127.0.0.1:0")
+	client, _ := url.Parse(scheme + "://127.0.0.1:0")
 	peer, _ := url.Parse("http://127.0.0.1:0")
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	s := &Server{t: t, cfg: cfg}
 	s.start()
-	s.Endpoint = fmt.Sprintf("http://%s", s.e.Clients[0].Addr().String())
+	s.Endpoint = fmt.Sprintf("%s://%s", scheme, s.e.Clients[0].Addr().String())
 	// A restart keeps the ports it was given.
 	clientURL, _ := url.Parse(s.Endpoint)
 	peerURL, _ := url.Parse(fmt.Sprintf("http://%s", s.e.Peers[0].Addr().String()))
