@@ -73,6 +73,11 @@ type schedReplica struct {
 }
 
 func startSchedReplica(t testing.TB, endpoint string, i int, clock *manualClock, inv *runs) *schedReplica {
+	return startSchedReplicaOpt(t, endpoint, i, clock, inv, true)
+}
+
+// startSchedReplicaOpt is startSchedReplica; campaign false is scheduler.enabled: false.
+func startSchedReplicaOpt(t testing.TB, endpoint string, i int, clock *manualClock, inv *runs, campaign bool) *schedReplica {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -93,7 +98,7 @@ func startSchedReplica(t testing.TB, endpoint string, i int, clock *manualClock,
 	r := &schedReplica{c: c, shared: shared, s: s, reg: reg, stop: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
-		shared.Run(ctx, true, s.Refresh, func() { s.Lead(ctx) })
+		shared.Run(ctx, campaign, s.Refresh, func() { s.Lead(ctx) })
 	}()
 	t.Cleanup(func() { cancel(); <-r.done; c.Close() })
 	return r
@@ -293,6 +298,49 @@ func (m missedCollector) Collect(ch chan<- prometheus.Metric) {
 			for _, mt := range mf.Metric {
 				ch <- prometheus.MustNewConstMetric(prometheus.NewDesc("missed", "", nil, nil), prometheus.CounterValue, mt.GetCounter().GetValue())
 			}
+		}
+	}
+}
+
+// TestSchedulerOptOutAndUndeploy: a replica with the scheduler disabled serves the
+// schedules but never leads; undeploying a function deletes its schedules once, by
+// the leader, into the shared deleted list.
+func TestSchedulerOptOutAndUndeploy(t *testing.T) {
+	etcd := etcdtest.Start(t)
+	clock := &manualClock{now: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
+	inv := &runs{n: map[string]int{}}
+	a := startSchedReplicaOpt(t, etcd.Endpoint, 0, clock, inv, true)
+	out := startSchedReplicaOpt(t, etcd.Endpoint, 1, clock, inv, false)
+	if l, _ := leader(t, []*schedReplica{a, out}, 5*time.Second); l != a {
+		t.Fatal("the opted-out replica leads")
+	}
+	sc, err := out.s.Create("f", "* * * * *", nil)
+	if err != nil {
+		t.Fatalf("create on the opted-out replica: %v", err)
+	}
+	a.c.Close() // the only candidate is gone
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if out.shared.Leading() {
+			t.Fatal("the opted-out replica took the lead")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	b := startSchedReplicaOpt(t, etcd.Endpoint, 2, clock, inv, true)
+	leader(t, []*schedReplica{b, out}, 5*time.Second)
+	for _, r := range []*schedReplica{out, b} { // the ConfigMap changes under both
+		r.s.SetFunctions([]scheduler.Function{{Name: "f", URL: "http://127.0.0.1:1/", State: scheduler.StateDraft}})
+	}
+	for _, r := range []*schedReplica{out, b} {
+		for i := 0; len(r.s.List()) != 0 || len(r.s.Deleted()) != 1; i++ {
+			if i == 200 {
+				t.Fatalf("after the undeploy: %d schedules, %d deleted; want 0 and 1", len(r.s.List()), len(r.s.Deleted()))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if d := r.s.Deleted()[0]; d.ID != sc.ID || d.Reason != "function is draft" {
+			t.Errorf("deleted: %+v", d)
 		}
 	}
 }

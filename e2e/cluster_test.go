@@ -134,11 +134,11 @@ func TestClusterUnreachableAtStart(t *testing.T) {
 // If-Match across replicas lets exactly one writer win, admin changes are shared.
 func TestClusterSecrets(t *testing.T) {
 	t.Parallel()
-	etcd := etcdtest.Start(t)
+	etcd := startEtcdProcesses(t, 3)
 	dir := t.TempDir()
 	s := provisionSecrets(t, dir, map[string]string{"oauth-token": "from-the-file"})
 	clusterYAML := fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\nsecrets:\n  key_file: %s\ncluster:\n  etcd:\n    endpoints: [%s]\n    dial_timeout: 1s\n",
-		filepath.Join(dir, "admin.token"), s.keyFile, etcd.Endpoint)
+		filepath.Join(dir, "admin.token"), s.keyFile, strings.Join(etcd.Endpoints, ", "))
 
 	cfgDir := writeConfig(t, daemonConfig{extra: clusterYAML})
 	migrate := func(extra ...string) execResult {
@@ -256,13 +256,14 @@ func TestClusterSecrets(t *testing.T) {
 	}
 }
 
-// TestClusterMemberLoss: three egressd replicas on a three-member etcd cluster. With
+// TestClusterMemberLoss: three egressd replicas on a three-member etcd cluster, a
+// process a member. With
 // one member stopped everything works; with two, writes fail with 503 while
 // proxying and secret reads go on; with the members back, writes work again and no
 // acknowledged write is lost.
 func TestClusterMemberLoss(t *testing.T) {
 	t.Parallel()
-	etcd := etcdtest.StartCluster(t, 3)
+	etcd := startEtcdProcesses(t, 3)
 	endpoints := strings.Join(etcd.Endpoints, ", ")
 	dir := t.TempDir()
 	s := provisionSecrets(t, dir, nil)
@@ -296,7 +297,7 @@ func TestClusterMemberLoss(t *testing.T) {
 	}
 
 	// One member down: everything works.
-	etcd.Members[0].Stop()
+	etcd.Members[0].Kill()
 	if r := addA("add", target); r.code != 0 {
 		t.Fatalf("allowlist add with one member down: %d %s", r.code, r.stderr)
 	}
@@ -309,7 +310,7 @@ func TestClusterMemberLoss(t *testing.T) {
 	}
 
 	// Two members down: no quorum. Writes 503; proxying and reads go on.
-	etcd.Members[1].Stop()
+	etcd.Members[1].Kill()
 	// A write that reached a leader cut off from its quorum may be committed once
 	// the quorum is back: it is not acknowledged, and the answer says it may apply.
 	if r := addB("add", "during.example.com"); r.code == 0 || !strings.Contains(r.stderr, "503") || !strings.Contains(r.stderr, "may still be applied") {
@@ -352,7 +353,7 @@ func TestClusterScheduler(t *testing.T) {
 		t.Skip("waits for real minute boundaries")
 	}
 	t.Parallel()
-	etcd := etcdtest.Start(t)
+	etcd := startEtcdProcesses(t, 3)
 	var mu sync.Mutex
 	calls := map[string]int{}
 	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -369,7 +370,7 @@ func TestClusterScheduler(t *testing.T) {
 	var replicas []*daemon
 	var admins []func(args ...string) execResult
 	for range 3 {
-		d, _ := clusterReplica(t, etcd.Endpoint, sched)
+		d, _ := clusterReplica(t, strings.Join(etcd.Endpoints, ", "), sched)
 		var started struct{ Admin string }
 		json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
 		admins = append(admins, func(args ...string) execResult {

@@ -23,8 +23,12 @@ import (
 //	                          print "ready" once all listen
 //	dial ADDR                 send "ping", print the line that comes back
 //	dns SERVER NAME           ask SERVER for NAME's A records, print the rcode and answers
+//	etcd NAME DIR CPORT PPORT INITIAL
+//	                          run one etcd member (embed) on loopback, print "ready"
 func runHelper(mode string, args []string) int {
 	switch mode {
+	case "etcd":
+		return helperEtcd(args)
 	case "origins":
 		return helperOrigins(args[0], args[1:])
 	case "dial":

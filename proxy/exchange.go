@@ -56,6 +56,7 @@ type exchange struct {
 	// slot counts a hijacked connection (a tunnel, an upgrade) against MaxConnections.
 	slot       *connSlot
 	answerOnce sync.Once
+	denialOnce sync.Once
 	finished   atomic.Bool
 }
 
@@ -118,13 +119,7 @@ func (ex *exchange) finish() {
 	}
 	if ex.hint != "" {
 		attrs = append(attrs, slog.String("hint", ex.hint))
-		if p.opts.Denials != nil && ex.target != "" {
-			client, _, err := net.SplitHostPort(ex.client)
-			if err != nil {
-				client = ex.client
-			}
-			p.opts.Denials.Record(ex.target, ex.reason, ex.hint, client, ex.decision == decisionReport, ex.start)
-		}
+		ex.recordDenial()
 	}
 	if ex.closedBy != "" {
 		attrs = append(attrs, slog.String("closed", ex.closedBy))
@@ -142,6 +137,23 @@ func (ex *exchange) finish() {
 	p.log.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
 }
 
+// recordDenial puts the exchange in the table of recent denials, once: before the
+// 403 is written (deny), so that a client that has its answer finds it there, or
+// at the end (report mode, refusals after the decision).
+func (ex *exchange) recordDenial() {
+	p := ex.p
+	if p.opts.Denials == nil || ex.target == "" || ex.hint == "" {
+		return
+	}
+	ex.denialOnce.Do(func() {
+		client, _, err := net.SplitHostPort(ex.client)
+		if err != nil {
+			client = ex.client
+		}
+		p.opts.Denials.Record(ex.target, ex.reason, ex.hint, client, ex.decision == decisionReport, ex.start)
+	})
+}
+
 // headerDenied carries the reason of a denial, for programs.
 const headerDenied = "X-Egressd-Denied"
 
@@ -150,6 +162,7 @@ func (ex *exchange) deny(r *http.Request, d policy.Decision) *http.Response {
 	body := fmt.Sprintf("egressd: denied %s: %s; hint: %s\n", d.Target(), d.Reason, d.Hint())
 	resp := ex.own(r, http.StatusForbidden, "Forbidden by egressd: "+string(d.Reason), body)
 	resp.Header.Set(headerDenied, string(d.Reason))
+	ex.recordDenial()
 	return resp
 }
 

@@ -100,6 +100,7 @@ func (p *Proxy) serveIntercepted(c *net.TCPConn) {
 	if !ok || (!d.Allow && (d.Reason == policy.ReasonInvalidHost || d.Reason == policy.ReasonNonCanonicalIP)) {
 		ex.decision = decisionDeny
 		ex.status = http.StatusForbidden
+		ex.recordDenial() // before the client has its refusal
 		refuseIntercepted(c, proto, d.Target(), string(d.Reason), d.Hint())
 		ex.finish()
 		return
@@ -111,6 +112,7 @@ func (p *Proxy) serveIntercepted(c *net.TCPConn) {
 			reason := string(policy.ReasonDestinationMismatch)
 			ex.decision, ex.reason, ex.status = decisionDeny, reason, http.StatusForbidden
 			ex.hint = fmt.Sprintf("%s was sent to %s, which is not among its addresses %v", d.Host, dst.Addr(), addrs)
+			ex.recordDenial()
 			refuseIntercepted(c, proto, d.Target(), reason, ex.hint)
 			ex.finish()
 			return

@@ -1,0 +1,167 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// etcdMember is one member of an etcd cluster run as a process of its own: this
+// test binary in its "etcd" helper mode, on the embed package, so that stopping a
+// member is kill -9 of a process.
+type etcdMember struct {
+	t    *testing.T
+	args []string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// etcdProcesses is a three-member etcd cluster, one process a member, on loopback.
+type etcdProcesses struct {
+	Members   []*etcdMember
+	Endpoints []string
+}
+
+// startEtcdProcesses starts an n-member cluster and waits until every member is
+// ready (a quorum is up).
+func startEtcdProcesses(t *testing.T, n int) *etcdProcesses {
+	t.Helper()
+	var ls []net.Listener
+	var ports []int
+	for range 2 * n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	var initial []string
+	for i := range n {
+		initial = append(initial, fmt.Sprintf("m%d=http://127.0.0.1:%d", i, ports[2*i+1]))
+	}
+	c := &etcdProcesses{}
+	for i := range n {
+		m := &etcdMember{t: t, args: []string{fmt.Sprintf("m%d", i), t.TempDir(), fmt.Sprint(ports[2*i]), fmt.Sprint(ports[2*i+1]), strings.Join(initial, ",")}}
+		c.Members = append(c.Members, m)
+		c.Endpoints = append(c.Endpoints, fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]))
+	}
+	ready := make(chan error, n)
+	for _, m := range c.Members {
+		go func() { ready <- m.start() }()
+	}
+	for range n {
+		if err := <-ready; err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, m := range c.Members {
+			m.Kill()
+		}
+	})
+	return c
+}
+
+// start runs the member's process and waits (30 s at most) for it to be ready.
+func (m *etcdMember) start() error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	m.cmd = exec.Command(self, m.args...)
+	m.cmd.Env = append(os.Environ(), "EGRESSD_E2E_HELPER=etcd")
+	out, err := m.cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	m.cmd.Stderr = os.Stderr
+	if err := m.cmd.Start(); err != nil {
+		return err
+	}
+	m.done = make(chan struct{})
+	go func() { m.cmd.Wait(); close(m.done) }()
+	line := make(chan string, 1)
+	go func() {
+		s := bufio.NewScanner(out)
+		if s.Scan() {
+			line <- s.Text()
+		}
+		close(line)
+		for s.Scan() {
+		}
+	}()
+	select {
+	case l := <-line:
+		if l != "ready" {
+			return fmt.Errorf("etcd member %s: %q", m.args[0], l)
+		}
+		return nil
+	case <-time.After(30 * time.Second):
+		m.Kill()
+		return fmt.Errorf("etcd member %s not ready within 30s", m.args[0])
+	}
+}
+
+// Kill is kill -9 of the member's process.
+func (m *etcdMember) Kill() {
+	if m.cmd != nil && m.cmd.Process != nil {
+		m.cmd.Process.Signal(syscall.SIGKILL)
+		<-m.done
+	}
+}
+
+// Restart starts a killed member again on its data directory; it rejoins.
+func (m *etcdMember) Restart() {
+	m.t.Helper()
+	if err := m.start(); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
+// helperEtcd is the "etcd" helper mode: NAME DIR CLIENTPORT PEERPORT INITIALCLUSTER.
+// It prints "ready" once the member serves, and runs until killed.
+func helperEtcd(args []string) int {
+	if len(args) != 5 {
+		fmt.Fprintln(os.Stderr, "etcd helper: NAME DIR CLIENTPORT PEERPORT INITIALCLUSTER")
+		return 2
+	}
+	cfg := embed.NewConfig()
+	cfg.Name, cfg.Dir = args[0], filepath.Join(args[1], "data")
+	cfg.Logger, cfg.LogLevel = "zap", "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	client, _ := url.Parse("http://127.0.0.1:" + args[2])
+	peer, _ := url.Parse("http://127.0.0.1:" + args[3])
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
+	cfg.InitialCluster, cfg.InitialClusterToken = args[4], "e2e"
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+		fmt.Println("ready")
+	case <-time.After(60 * time.Second):
+		fmt.Println("error: not ready within 60s")
+		return 1
+	}
+	err = <-e.Err()
+	fmt.Fprintln(os.Stderr, "etcd helper:", err)
+	return 1
+}
