@@ -58,15 +58,7 @@ type shared struct {
 // OpenShared returns a store on remote. Every record must open with Key or
 // PreviousKey: a store that does not is an error, as a file that does not open is.
 func OpenShared(opts SharedOptions) (*Store, error) {
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.Registerer == nil {
-		opts.Registerer = prometheus.NewRegistry()
-	}
+	fillDefaults(&opts.Now, &opts.Logger, &opts.Registerer)
 	s := &Store{keys: []Key{opts.Key}, now: opts.Now, log: opts.Logger, mu: make(chan struct{}, 1),
 		shared: &shared{remote: opts.Remote, seen: map[string]int64{}}}
 	if opts.PreviousKey != nil {

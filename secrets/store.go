@@ -151,15 +151,7 @@ func (e existsError) Is(target error) bool { return target == fs.ErrExist }
 // Open reads and authenticates the store at opts.File. A missing, truncated,
 // tampered or foreign file is an error, and the file is left as it is.
 func Open(opts Options) (*Store, error) {
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.Registerer == nil {
-		opts.Registerer = prometheus.NewRegistry()
-	}
+	fillDefaults(&opts.Now, &opts.Logger, &opts.Registerer)
 	if opts.LockTimeout == 0 {
 		opts.LockTimeout = defaults.SecretsLockTimeout
 	}
@@ -179,6 +171,19 @@ func Open(opts Options) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// fillDefaults gives a store's clock, logger and registerer their defaults.
+func fillDefaults(now *func() time.Time, log **slog.Logger, reg *prometheus.Registerer) {
+	if *now == nil {
+		*now = time.Now
+	}
+	if *log == nil {
+		*log = slog.New(slog.DiscardHandler)
+	}
+	if *reg == nil {
+		*reg = prometheus.NewRegistry()
+	}
 }
 
 // RemoveStale removes the temporary copies that a write killed midway (kill -9)

@@ -200,6 +200,15 @@ func upstreamRoots(file string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
+// clusterConfig is how to reach etcd, from the config's cluster.etcd section.
+func clusterConfig(e config.Etcd) cluster.Config {
+	return cluster.Config{
+		Endpoints: e.Endpoints, Prefix: e.Prefix,
+		CAFile: e.TLS.CAFile, CertFile: e.TLS.CertFile, KeyFile: e.TLS.KeyFile,
+		Username: e.Username, PasswordFile: e.PasswordFile, DialTimeout: e.DialTimeout,
+	}
+}
+
 // joinCluster connects to etcd in cluster mode (serve only: check reads no more
 // than files), and reads the managed allowlist from there. etcd that does not
 // answer stops egressd here, with its endpoints named.
@@ -209,11 +218,7 @@ func (a *app) joinCluster() error {
 		return nil
 	}
 	var err error
-	a.cluster, err = cluster.Connect(context.Background(), cluster.Config{
-		Endpoints: e.Endpoints, Prefix: e.Prefix,
-		CAFile: e.TLS.CAFile, CertFile: e.TLS.CertFile, KeyFile: e.TLS.KeyFile,
-		Username: e.Username, PasswordFile: e.PasswordFile, DialTimeout: e.DialTimeout,
-	}, a.log, a.reg)
+	a.cluster, err = cluster.Connect(context.Background(), clusterConfig(e), a.log, a.reg)
 	if err != nil {
 		return err
 	}

@@ -269,12 +269,7 @@ func openSharedSecrets(ctx context.Context, c *config.Config, stderr io.Writer) 
 	if err != nil {
 		return nil, nil, err
 	}
-	e := c.Cluster.Etcd
-	cl, err := cluster.Connect(ctx, cluster.Config{
-		Endpoints: e.Endpoints, Prefix: e.Prefix,
-		CAFile: e.TLS.CAFile, CertFile: e.TLS.CertFile, KeyFile: e.TLS.KeyFile,
-		Username: e.Username, PasswordFile: e.PasswordFile, DialTimeout: e.DialTimeout,
-	}, log, nil)
+	cl, err := cluster.Connect(ctx, clusterConfig(c.Cluster.Etcd), log, nil)
 	if err != nil {
 		return nil, nil, err
 	}
