@@ -93,7 +93,8 @@ func TestAuth(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	cfg := Config{Endpoints: []string{etcd.Endpoint}, Prefix: "/egressd/", DialTimeout: time.Second,
+	// Authenticating checks a bcrypt hash: slow on a loaded machine.
+	cfg := Config{Endpoints: []string{etcd.Endpoint}, Prefix: "/egressd/", DialTimeout: 10 * time.Second,
 		Username: "egressd", PasswordFile: write(t, dir, "pw", "egressd-pw\n")}
 	c, err := Connect(ctx, cfg, quiet(), nil)
 	if err != nil {

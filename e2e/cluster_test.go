@@ -22,7 +22,7 @@ func clusterReplica(t *testing.T, endpoint string, extra ...string) (*daemon, fu
 	writeFile(t, filepath.Join(dir, "admin.token"), "cluster-token\n")
 	d := startDaemon(t, daemonConfig{
 		files: map[string]string{"allow.d/a.txt": "file-rule.example.com\n"},
-		extra: fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\ncluster:\n  etcd:\n    endpoints: [%s]\n    prefix: /e2e/\n    dial_timeout: 1s\n    session_ttl: 2s\n%s",
+		extra: fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\ncluster:\n  etcd:\n    endpoints: [%s]\n    prefix: /e2e/\n    dial_timeout: 2s\n    session_ttl: 2s\n%s",
 			filepath.Join(dir, "admin.token"), endpoint, strings.Join(extra, "")),
 	})
 	var started struct{ Admin string }
@@ -296,8 +296,17 @@ func TestClusterMemberLoss(t *testing.T) {
 		}
 	}
 
-	// One member down: everything works.
-	etcd.Members[0].Kill()
+	// One member down, the leader, killed: once the others have elected another,
+	// everything works.
+	first := etcd.leader(t)
+	etcd.Members[first].Kill()
+	var rest []string
+	for i, ep := range etcd.Endpoints {
+		if i != first {
+			rest = append(rest, ep)
+		}
+	}
+	waitForLeader(t, rest)
 	if r := addA("add", target); r.code != 0 {
 		t.Fatalf("allowlist add with one member down: %d %s", r.code, r.stderr)
 	}
@@ -310,7 +319,8 @@ func TestClusterMemberLoss(t *testing.T) {
 	}
 
 	// Two members down: no quorum. Writes 503; proxying and reads go on.
-	etcd.Members[1].Kill()
+	second := (first + 1) % 3
+	etcd.Members[second].Kill()
 	// A write that reached a leader cut off from its quorum may be committed once
 	// the quorum is back: it is not acknowledged, and the answer says it may apply.
 	if r := addB("add", "during.example.com"); r.code == 0 || !strings.Contains(r.stderr, "503") || !strings.Contains(r.stderr, "may still be applied") {
@@ -328,8 +338,9 @@ func TestClusterMemberLoss(t *testing.T) {
 	}
 
 	// The members back: writes work again, nothing acknowledged was lost.
-	etcd.Members[0].Restart()
-	etcd.Members[1].Restart()
+	etcd.Members[first].Restart()
+	etcd.Members[second].Restart()
+	waitForLeader(t, etcd.Endpoints)
 	for _, d := range replicas {
 		d.waitLog("etcd is reachable again", 20*time.Second)
 	}

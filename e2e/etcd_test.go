@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"net/url"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -164,4 +166,58 @@ func helperEtcd(args []string) int {
 	err = <-e.Err()
 	fmt.Fprintln(os.Stderr, "etcd helper:", err)
 	return 1
+}
+
+// waitForLeader waits (15 s at most) until the members at endpoints agree on a
+// leader among them: after a member is killed, etcd elects another before it
+// takes writes again.
+func waitForLeader(t *testing.T, endpoints []string) {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		ok := true
+		var leader uint64
+		ids := map[uint64]bool{}
+		for _, ep := range endpoints {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			st, err := c.Status(ctx, ep)
+			cancel()
+			if err != nil || st.Leader == 0 || leader != 0 && st.Leader != leader {
+				ok = false
+				break
+			}
+			leader = st.Leader
+			ids[st.Header.MemberId] = true
+		}
+		if ok && ids[leader] { // a killed leader is still named until the others elect
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("the etcd members at %v agreed on no leader within 15s", endpoints)
+}
+
+// leader is the index of the member that leads now.
+func (c *etcdProcesses) leader(t *testing.T) int {
+	t.Helper()
+	cl, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints, DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for i, ep := range c.Endpoints {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		st, err := cl.Status(ctx, ep)
+		cancel()
+		if err == nil && st.Header.MemberId == st.Leader {
+			return i
+		}
+	}
+	t.Fatal("no etcd member leads")
+	return -1
 }
