@@ -295,8 +295,15 @@ func (a *app) readAdminToken() error {
 		return nil
 	}
 	var err error
-	a.adminToken, err = admin.ReadToken(a.c.Admin.TokenFile)
-	return err
+	if a.adminToken, err = admin.ReadToken(a.c.Admin.TokenFile); err != nil {
+		return err
+	}
+	if f := a.c.Admin.TLSCertFile; f != "" {
+		if _, err := tls.LoadX509KeyPair(f, a.c.Admin.TLSKeyFile); err != nil {
+			return fmt.Errorf("admin.tls_cert_file and admin.tls_key_file: %w", err)
+		}
+	}
+	return nil
 }
 
 // writableDir checks that the directory of a file egressd writes is writable: the

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/egressd/egressd/admin"
+	"github.com/egressd/egressd/console"
 	"github.com/egressd/egressd/diag"
 	"github.com/egressd/egressd/dnsserver"
 	"github.com/egressd/egressd/internal/config"
@@ -172,9 +173,23 @@ func (a *app) serve(ctx context.Context) error {
 			h.Handle("/v1/schedules/", schedulerOff(c))
 		}
 		adminAddr = l.admin.Addr().String()
-		adminSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+		secure := c.Admin.TLSCertFile != ""
+		web, err := console.New(console.Options{Token: a.adminToken, API: h, SessionTTL: c.Admin.SessionTTL, Secure: secure,
+			Version: versionString(), Logger: log})
+		if err != nil {
+			return err
+		}
+		// The JSON API under /v1/ with its bearer token; the console everywhere else.
+		root := http.NewServeMux()
+		root.Handle("/v1/", h)
+		root.Handle("/", web)
+		adminSrv = &http.Server{Handler: root, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 		go func() {
-			if err := ignoreClosed(adminSrv.Serve(l.admin)); err != nil {
+			serve := func() error { return adminSrv.Serve(l.admin) }
+			if secure {
+				serve = func() error { return adminSrv.ServeTLS(l.admin, c.Admin.TLSCertFile, c.Admin.TLSKeyFile) }
+			}
+			if err := ignoreClosed(serve()); err != nil {
 				log.Error("admin listener stopped", "error", err)
 			}
 		}()

@@ -261,6 +261,12 @@ type Admin struct {
 	TokenFile string `yaml:"token_file"`
 	// DenialTargets bounds the table of recent denials. If zero, 1000.
 	DenialTargets int `yaml:"denial_targets"`
+	// SessionTTL is how long a console sign-in lasts. If zero, 8h.
+	SessionTTL time.Duration `yaml:"session_ttl"`
+	// TLSCertFile and TLSKeyFile, if set, put the admin listener (API and console)
+	// on TLS, and mark the console's cookie Secure.
+	TLSCertFile string `yaml:"tls_cert_file"`
+	TLSKeyFile  string `yaml:"tls_key_file"`
 }
 
 // Secrets configures the secret store. With File empty there is no store.
@@ -341,6 +347,7 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.DNS.HostsFile, defaults.HostsFile)
 	setDefault(&c.Admin.Listen, defaults.AdminListen)
 	setDefault(&c.Admin.DenialTargets, defaults.DenialTargets)
+	setDefault(&c.Admin.SessionTTL, defaults.ConsoleSessionTTL)
 	if c.Proxy.TransparentDropOther == nil {
 		t := true
 		c.Proxy.TransparentDropOther = &t
@@ -387,7 +394,7 @@ func LoadFile(name string) (*Config, error) {
 	c.DNS.HostsFile, c.DNS.ResolvConf = relative(c.DNS.HostsFile), relative(c.DNS.ResolvConf)
 	for _, p := range []*string{&c.Admin.TokenFile, &c.Secrets.File, &c.Secrets.KeyFile, &c.Secrets.PreviousKeyFile,
 		&c.Secrets.RuntimeTokenFile, &c.Scheduler.FunctionsFile, &c.Scheduler.StateFile, &c.Proxy.UpstreamCAFile, &c.ManagedAllowlist.File,
-		&c.Cluster.Etcd.TLS.CAFile, &c.Cluster.Etcd.TLS.CertFile, &c.Cluster.Etcd.TLS.KeyFile, &c.Cluster.Etcd.PasswordFile} {
+		&c.Admin.TLSCertFile, &c.Admin.TLSKeyFile, &c.Cluster.Etcd.TLS.CAFile, &c.Cluster.Etcd.TLS.CertFile, &c.Cluster.Etcd.TLS.KeyFile, &c.Cluster.Etcd.PasswordFile} {
 		if *p != "" {
 			*p = relative(*p)
 		}
@@ -598,6 +605,12 @@ func (c *Config) validate(root *yaml.Node) error {
 			add(k, "%q is also %s; give each listener its own port", l.addr, other)
 		}
 		listeners[l.addr] = l.key
+	}
+	if (c.Admin.TLSCertFile == "") != (c.Admin.TLSKeyFile == "") {
+		add([]string{"admin", "tls_cert_file"}, "tls_cert_file and tls_key_file go together; set both or neither")
+	}
+	if c.Admin.SessionTTL < 0 {
+		add([]string{"admin", "session_ttl"}, "%s is negative; leave it out for the default (8h)", c.Admin.SessionTTL)
 	}
 	if c.Admin.DenialTargets < 0 {
 		add([]string{"admin", "denial_targets"}, "%d is negative; leave it out for the default", c.Admin.DenialTargets)

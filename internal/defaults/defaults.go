@@ -54,3 +54,6 @@ const (
 	EtcdDialTimeout = 5 * time.Second
 	EtcdSessionTTL  = 10 * time.Second
 )
+
+// The console.
+const ConsoleSessionTTL = 8 * time.Hour
