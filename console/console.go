@@ -97,6 +97,9 @@ func New(opts Options) (*Console, error) {
 	c.mux.HandleFunc("POST /signin", c.signIn)
 	c.mux.HandleFunc("POST /signout", c.signedIn(c.signOut))
 	c.mux.HandleFunc("GET /overview", c.signedIn(c.overview))
+	c.mux.HandleFunc("GET /allowlist", c.signedIn(c.allowlist))
+	c.mux.HandleFunc("POST /allowlist/add", c.signedIn(c.allowlistAdd))
+	c.mux.HandleFunc("POST /allowlist/remove", c.signedIn(c.allowlistRemove))
 	c.mux.HandleFunc("/console/api/", c.signedIn(c.api))
 	return c, nil
 }

@@ -74,3 +74,86 @@ func TestConsoleAccess(t *testing.T) {
 		}
 	}
 }
+
+// consoleSession signs in to d's console and returns a client and the page's CSRF
+// token.
+func consoleSession(t *testing.T, d *daemon, token string) (*http.Client, string, string) {
+	t.Helper()
+	var started struct{ Admin string }
+	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
+	base := "http://" + started.Admin
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	resp, err := c.PostForm(base+"/signin", url.Values{"token": {token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	_, rest, ok := strings.Cut(string(page), `name="csrf" value="`)
+	if !ok {
+		t.Fatalf("no CSRF token after sign-in:\n%s", page)
+	}
+	csrf, _, _ := strings.Cut(rest, `"`)
+	return c, base, csrf
+}
+
+// TestConsoleAllowlist: a domain added on the page is in force through the proxy
+// when the page comes back; a plain domain gets the subdomain pitfall and the
+// offer of its wildcard; a bad rule gets the rule files' message; a managed rule
+// is removed from the page; a form without the CSRF token changes nothing.
+func TestConsoleAllowlist(t *testing.T) {
+	t.Parallel()
+	origin := httpOrigin(t)
+	target := origin.Listener.Addr().String()
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "admin.token"), "console-token\n")
+	d := startDaemon(t, daemonConfig{
+		files: map[string]string{"allow.d/a.txt": "file-rule.example.com\n"},
+		extra: fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\nmanaged_allowlist:\n  file: %s\n",
+			filepath.Join(dir, "admin.token"), filepath.Join(dir, "managed.txt")),
+	})
+	c, base, csrf := consoleSession(t, d, "console-token")
+	post := func(path string, form url.Values) string {
+		t.Helper()
+		resp, err := c.PostForm(base+path, form)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if got := d.status("http://" + target + "/"); got != 403 {
+		t.Fatalf("before: %d", got)
+	}
+	if page := post("/allowlist/add", url.Values{"rule": {target}, "csrf": {csrf}}); !strings.Contains(page, target+" added; in force after") || strings.Contains(page, "different hosts") {
+		t.Fatalf("add on the page (an address: no subdomain pitfall):\n%s", page)
+	}
+	if got := d.status("http://" + target + "/"); got != 200 {
+		t.Errorf("through the proxy after the page came back: %d; want 200", got)
+	}
+	page := post("/allowlist/add", url.Values{"rule": {"partner.example.org"}, "csrf": {csrf}})
+	if !strings.Contains(page, "www.partner.example.org</code> and every other subdomain are different hosts") || !strings.Contains(page, `value="*.partner.example.org"`) {
+		t.Errorf("the pitfall of a plain domain:\n%s", page)
+	}
+	if page := post("/allowlist/add", url.Values{"rule": {"*.*.example.com"}, "csrf": {csrf}}); !strings.Contains(page, "only one wildcard is allowed, as the leftmost label") {
+		t.Errorf("a bad rule:\n%s", page)
+	}
+	if page := post("/allowlist/remove", url.Values{"rule": {"file-rule.example.com"}, "csrf": {csrf}}); !strings.Contains(page, "file rules belong to their file") {
+		t.Errorf("removing a file rule:\n%s", page)
+	}
+	// Without the CSRF token: refused, nothing removed.
+	if page := post("/allowlist/remove", url.Values{"rule": {target}}); !strings.Contains(page, "CSRF") {
+		t.Errorf("a form without the CSRF token:\n%s", page)
+	}
+	if got := d.status("http://" + target + "/"); got != 200 {
+		t.Errorf("after a refused removal: %d; want still 200", got)
+	}
+	if page := post("/allowlist/remove", url.Values{"rule": {target}, "csrf": {csrf}}); !strings.Contains(page, target+" removed.") {
+		t.Errorf("remove on the page:\n%s", page)
+	}
+	if got := d.status("http://" + target + "/"); got != 403 {
+		t.Errorf("after the removal: %d; want 403", got)
+	}
+}
