@@ -157,3 +157,71 @@ func TestConsoleAllowlist(t *testing.T) {
 		t.Errorf("after the removal: %d; want 403", got)
 	}
 }
+
+// TestConsoleSecrets: keys, never values; create with the value in a password
+// field, then the value is in no answer to the browser; default secrets hidden
+// unless asked for; delete after a confirmation naming the key.
+func TestConsoleSecrets(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "defaults.yaml"), "seeded-default: default-value-77\n")
+	s := secretsSetup{dir: dir, file: filepath.Join(dir, "secrets.enc"), keyFile: filepath.Join(dir, "secrets.key"), token: "console-admin-token"}
+	if _, stderr, code := egressd(t, dir, "secrets", "init", "--file", s.file, "--key-file", s.keyFile, "--defaults", filepath.Join(dir, "defaults.yaml")); code != 0 {
+		t.Fatalf("secrets init: %s", stderr)
+	}
+	writeFile(t, filepath.Join(dir, "admin.token"), s.token+"\n")
+	d := startDaemon(t, daemonConfig{extra: secretsConfig(s, "")})
+	c, base, csrf := consoleSession(t, d, s.token)
+	var answers strings.Builder
+	do := func(method, path string, form url.Values) string {
+		t.Helper()
+		var resp *http.Response
+		var err error
+		if method == "GET" {
+			resp, err = c.Get(base + path)
+		} else {
+			resp, err = c.PostForm(base+path, form)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		answers.WriteString(resp.Request.URL.String() + "\n" + string(b))
+		return string(b)
+	}
+	if page := do("GET", "/secrets", nil); strings.Contains(page, "seeded-default") {
+		t.Errorf("a default secret listed without asking:\n%s", page)
+	}
+	if page := do("GET", "/secrets?all=true", nil); !strings.Contains(page, "<code>seeded-default</code> <small>(default)</small>") {
+		t.Errorf("default secrets asked for:\n%s", page)
+	}
+	const value = "sk-live-secret-value-4711"
+	page := do("POST", "/secrets/create", url.Values{"key": {"stripe-key"}, "value": {value}, "csrf": {csrf}})
+	if !strings.Contains(page, "stripe-key created (version 1)") || !strings.Contains(page, "<code>stripe-key</code>") {
+		t.Errorf("after create:\n%s", page)
+	}
+	if page := do("POST", "/secrets/create", url.Values{"key": {"stripe-key"}, "value": {"x"}, "csrf": {csrf}}); !strings.Contains(page, "exists") {
+		t.Errorf("creating it again:\n%s", page)
+	}
+	page = do("POST", "/secrets/delete", url.Values{"key": {"stripe-key"}, "csrf": {csrf}})
+	if !strings.Contains(page, "Delete the secret stripe-key? Functions reading it get 404 at once") {
+		t.Errorf("the confirmation:\n%s", page)
+	}
+	plain := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	if code, _ := runtimeCall(t, plain, "GET", "http://"+d.proxy+"/v1/secrets/stripe-key", ""); code != 200 {
+		t.Errorf("before the confirmation the secret is still there: %d", code)
+	}
+	if page := do("POST", "/secrets/delete", url.Values{"key": {"stripe-key"}, "csrf": {csrf}, "confirm": {"yes"}}); !strings.Contains(page, "stripe-key deleted.") {
+		t.Errorf("after delete:\n%s", page)
+	}
+	if code, _ := runtimeCall(t, plain, "GET", "http://"+d.proxy+"/v1/secrets/stripe-key", ""); code != 404 {
+		t.Errorf("a function reading it after the delete: %d; want 404", code)
+	}
+	if strings.Contains(answers.String(), value) || strings.Contains(answers.String(), "default-value-77") {
+		t.Error("the secret's value came back to the browser")
+	}
+	if strings.Contains(d.logs.String(), value) {
+		t.Error("the secret's value is in the log")
+	}
+}
