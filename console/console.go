@@ -100,6 +100,8 @@ func New(opts Options) (*Console, error) {
 	c.mux.HandleFunc("GET /allowlist", c.signedIn(c.allowlist))
 	c.mux.HandleFunc("POST /allowlist/add", c.signedIn(c.allowlistAdd))
 	c.mux.HandleFunc("POST /allowlist/remove", c.signedIn(c.allowlistRemove))
+	c.mux.HandleFunc("GET /denials", c.signedIn(c.denials))
+	c.mux.HandleFunc("POST /denials/allow", c.signedIn(c.denialsAllow))
 	c.mux.HandleFunc("GET /secrets", c.signedIn(c.secrets))
 	c.mux.HandleFunc("POST /secrets/create", c.signedIn(c.secretsCreate))
 	c.mux.HandleFunc("POST /secrets/delete", c.signedIn(c.secretsDelete))

@@ -17,8 +17,11 @@ type Denial struct {
 	LastSeen   time.Time `json:"last_seen"`
 	LastReason string    `json:"last_reason"`
 	LastHint   string    `json:"last_hint"`
-	LastClient string    `json:"last_client"`
-	ReportOnly bool      `json:"report_only"` // denied in report mode: let through
+	// Rule is the rule that would allow the target, when a rule can: what the
+	// console's "allow" button adds.
+	Rule       string `json:"rule,omitempty"`
+	LastClient string `json:"last_client"`
+	ReportOnly bool   `json:"report_only"` // denied in report mode: let through
 }
 
 // Denials is a bounded table of the most recently denied targets. The proxy writes to
@@ -39,18 +42,18 @@ func NewDenials(max int) *Denials {
 	return &Denials{max: max, order: list.New(), by: map[string]*list.Element{}}
 }
 
-// Record notes one denial of target.
-func (t *Denials) Record(target, reason, hint, client string, reportOnly bool, at time.Time) {
+// Record notes one denial of target; rule is the rule that would allow it, or "".
+func (t *Denials) Record(target, reason, hint, rule, client string, reportOnly bool, at time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if e := t.by[target]; e != nil {
 		d := e.Value.(*Denial)
 		d.Count++
-		d.LastSeen, d.LastReason, d.LastHint, d.LastClient, d.ReportOnly = at, reason, hint, client, reportOnly
+		d.LastSeen, d.LastReason, d.LastHint, d.Rule, d.LastClient, d.ReportOnly = at, reason, hint, rule, client, reportOnly
 		t.order.MoveToFront(e)
 		return
 	}
-	d := &Denial{Target: target, Count: 1, FirstSeen: at, LastSeen: at, LastReason: reason, LastHint: hint, LastClient: client, ReportOnly: reportOnly}
+	d := &Denial{Target: target, Count: 1, FirstSeen: at, LastSeen: at, LastReason: reason, LastHint: hint, Rule: rule, LastClient: client, ReportOnly: reportOnly}
 	t.by[target] = t.order.PushFront(d)
 	for t.order.Len() > t.max {
 		last := t.order.Back()

@@ -10,7 +10,7 @@ func TestDenialsTable(t *testing.T) {
 	d := NewDenials(3)
 	at := time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC)
 	for i, target := range []string{"a:443", "b:443", "c:443", "a:443", "d:443"} {
-		d.Record(target, "not on the allowlist", "add "+target, "10.0.0."+string(rune('1'+i)), false, at.Add(time.Duration(i)*time.Second))
+		d.Record(target, "not on the allowlist", "add "+target, target, "10.0.0."+string(rune('1'+i)), false, at.Add(time.Duration(i)*time.Second))
 	}
 	got := d.Recent(0)
 	var targets []string

@@ -225,3 +225,64 @@ func TestConsoleSecrets(t *testing.T) {
 		t.Error("the secret's value is in the log")
 	}
 }
+
+// TestConsoleDenials: a denied target is on the Denials page with an "allow"
+// button for its rule; after the confirmation the target is allowed through the
+// proxy; the filter narrows the list.
+func TestConsoleDenials(t *testing.T) {
+	t.Parallel()
+	origin := httpOrigin(t)
+	target := origin.Listener.Addr().String()
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "admin.token"), "console-token\n")
+	d := startDaemon(t, daemonConfig{
+		files: map[string]string{"allow.d/a.txt": "file-rule.example.com\n"},
+		extra: fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\nmanaged_allowlist:\n  file: %s\n",
+			filepath.Join(dir, "admin.token"), filepath.Join(dir, "managed.txt")),
+	})
+	if got := d.status("http://" + target + "/"); got != 403 {
+		t.Fatalf("before: %d", got)
+	}
+	d.status("http://other.invalid/")
+	c, base, csrf := consoleSession(t, d, "console-token")
+	get := func(path string) string {
+		resp, err := c.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	page := get("/denials")
+	if !strings.Contains(page, "<code>"+target+"</code>") || !strings.Contains(page, "Allow "+target) || !strings.Contains(page, "other.invalid") {
+		t.Fatalf("the Denials page:\n%s", page)
+	}
+	if page := get("/denials?q=other"); strings.Contains(page, "<code>"+target+"</code>") || !strings.Contains(page, "other.invalid") {
+		t.Errorf("filtered by other:\n%s", page)
+	}
+	resp, err := c.PostForm(base+"/denials/allow", url.Values{"rule": {target}, "csrf": {csrf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), "Add "+target+" to the allowlist?") {
+		t.Errorf("the confirmation:\n%s", b)
+	}
+	if got := d.status("http://" + target + "/"); got != 403 {
+		t.Errorf("before the confirmation: %d; want still 403", got)
+	}
+	resp, err = c.PostForm(base+"/denials/allow", url.Values{"rule": {target}, "csrf": {csrf}, "confirm": {"yes"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), target+" allowed.") {
+		t.Errorf("after allowing:\n%s", b)
+	}
+	if got := d.status("http://" + target + "/"); got != 200 {
+		t.Errorf("through the proxy after allowing: %d; want 200", got)
+	}
+}

@@ -55,6 +55,7 @@ type exchange struct {
 	injected []string
 	// slot counts a hijacked connection (a tunnel, an upgrade) against MaxConnections.
 	slot       *connSlot
+	suggest    string // the rule that would allow a denied target, if one can
 	answerOnce sync.Once
 	denialOnce sync.Once
 	finished   atomic.Bool
@@ -76,6 +77,9 @@ func (ex *exchange) decide(host string, port uint16) (policy.Decision, bool) {
 		ex.decision, ex.hint = decisionReport, d.Hint()
 	default:
 		ex.decision, ex.hint = decisionDeny, d.Hint()
+	}
+	if !d.Allow && (d.Reason == policy.ReasonNotListed || d.Reason == policy.ReasonPort || d.Reason == policy.ReasonIPNotListed) {
+		ex.suggest = d.SuggestedRule()
 	}
 	return d, ex.decision != decisionDeny
 }
@@ -150,7 +154,7 @@ func (ex *exchange) recordDenial() {
 		if err != nil {
 			client = ex.client
 		}
-		p.opts.Denials.Record(ex.target, ex.reason, ex.hint, client, ex.decision == decisionReport, ex.start)
+		p.opts.Denials.Record(ex.target, ex.reason, ex.hint, ex.suggest, client, ex.decision == decisionReport, ex.start)
 	})
 }
 

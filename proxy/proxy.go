@@ -83,7 +83,7 @@ type Options struct {
 
 // DenialRecorder notes denied targets; *diag.Denials is one.
 type DenialRecorder interface {
-	Record(target, reason, hint, client string, reportOnly bool, at time.Time)
+	Record(target, reason, hint, rule, client string, reportOnly bool, at time.Time)
 }
 
 // Proxy is the forward proxy. Create it with New, give it a policy with SetPolicy,
