@@ -39,6 +39,27 @@ func AdminRoutes(s *Scheduler, handle func(pattern string, h http.Handler)) {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	}))
+	handle("GET /v1/functions", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		type fn struct {
+			Name  string `json:"name"`
+			State string `json:"state"`
+		}
+		out := []fn{}
+		for _, f := range s.Functions() {
+			out = append(out, fn{f.Name, f.State})
+		}
+		admin.WriteJSON(w, http.StatusOK, map[string]any{"functions": out, "max_schedules": s.MaxSchedules()})
+	}))
+	// GET /v1/schedules/next?cron=EXPR: the next three runs, or why EXPR is refused
+	// (with valid examples): what a form checks as the operator types.
+	handle("GET /v1/schedules/next", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next, err := s.Next(r.URL.Query().Get("cron"), 3)
+		if err != nil {
+			admin.WriteError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		admin.WriteJSON(w, http.StatusOK, map[string]any{"next": next})
+	}))
 	handle("GET /v1/schedules/deleted", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		admin.WriteJSON(w, http.StatusOK, map[string]any{"deleted": s.Deleted()})
 	}))

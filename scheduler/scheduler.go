@@ -277,6 +277,35 @@ func (s *Scheduler) function(name string) (Function, bool) {
 	return f, ok
 }
 
+// Functions is the functions file's content, by name.
+func (s *Scheduler) Functions() []Function {
+	s.fnMu.RLock()
+	defer s.fnMu.RUnlock()
+	out := make([]Function, 0, len(s.functions))
+	for _, f := range s.functions {
+		out = append(out, f)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// MaxSchedules is the schedule limit.
+func (s *Scheduler) MaxSchedules() int { return s.opts.MaxSchedules }
+
+// Next returns the next n runs of expr from now, in UTC, or why expr is refused.
+func (s *Scheduler) Next(expr string, n int) ([]time.Time, error) {
+	now := s.opts.Clock.Now().UTC()
+	spec, err := ParseCron(expr, now)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	out := make([]time.Time, 0, n)
+	for t := spec.Next(now); !t.IsZero() && len(out) < n; t = spec.Next(t) {
+		out = append(out, t.UTC())
+	}
+	return out, nil
+}
+
 // checkFunction says whether a schedule for function may be added to count others.
 func (s *Scheduler) checkFunction(function string, count int) error {
 	f, ok := s.function(function)
