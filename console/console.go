@@ -106,6 +106,8 @@ func New(opts Options) (*Console, error) {
 	c.mux.HandleFunc("POST /schedules/delete", c.signedIn(c.schedulesDelete))
 	c.mux.HandleFunc("GET /denials", c.signedIn(c.denials))
 	c.mux.HandleFunc("POST /denials/allow", c.signedIn(c.denialsAllow))
+	c.mux.HandleFunc("GET /trace", c.signedIn(c.trace))
+	c.mux.HandleFunc("POST /trace/add", c.signedIn(c.traceAdd))
 	c.mux.HandleFunc("GET /secrets", c.signedIn(c.secrets))
 	c.mux.HandleFunc("POST /secrets/create", c.signedIn(c.secretsCreate))
 	c.mux.HandleFunc("POST /secrets/delete", c.signedIn(c.secretsDelete))

@@ -286,3 +286,36 @@ func TestConsoleDenials(t *testing.T) {
 		t.Errorf("through the proxy after allowing: %d; want 200", got)
 	}
 }
+
+// TestConsoleTrace: the Trace page shows a chain stopped at a denied hop and the
+// rule it needs; "add these rules" adds it through the API, and the chain then
+// goes through that hop.
+func TestConsoleTrace(t *testing.T) {
+	t.Parallel()
+	port := redirectOrigin(t)
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "admin.token"), "console-token\n")
+	d := startDaemon(t, daemonConfig{zone: traceZone, files: map[string]string{"allow.d/a.txt": traceAllowlist(port, false)},
+		extra: fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\nmanaged_allowlist:\n  file: %s\n",
+			filepath.Join(dir, "admin.token"), filepath.Join(dir, "managed.txt"))})
+	c, base, csrf := consoleSession(t, d, "console-token")
+	start := "http://a.test:" + port + "/start"
+	resp, err := c.Get(base + "/trace?url=" + url.QueryEscape(start))
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(page), "denied: not on the allowlist") || !strings.Contains(string(page), `name="rule" value="b.test:`+port+`"`) {
+		t.Fatalf("the trace of a chain with a denied hop:\n%s", page)
+	}
+	resp, err = c.PostForm(base+"/trace/add", url.Values{"csrf": {csrf}, "url": {start}, "rule": {"b.test:" + port}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(page), "Added b.test:"+port) || !strings.Contains(string(page), "allowed by <code>b.test:"+port+"</code> (managed:b.test:"+port+")") {
+		t.Errorf("after adding the chain's rule:\n%s", page)
+	}
+}
