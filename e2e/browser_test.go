@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -149,4 +151,126 @@ func TestConsoleInBrowser(t *testing.T) {
 	waitText(t, ctx, "label[for=token]", "Admin token")
 	do(t, ctx, chromedp.Navigate(base+"/schedules"))
 	waitText(t, ctx, "[role=alert]", "Your session ended")
+}
+
+// TestConsolePagesInBrowser drives the other pages in Chromium: a secret created
+// from the page is nowhere in the DOM afterwards and is deleted after the
+// confirmation; a domain added on the allowlist page is in force through the proxy
+// at once; a denial is allowed from the Denials page. It takes a screenshot of
+// every page at 1280x800 and at a phone's 390x844; with EGRESSD_SCREENSHOTS=1 it
+// writes them to docs/console/ (the README shows them):
+//
+//	EGRESSD_SCREENSHOTS=1 go test ./e2e -run TestConsolePagesInBrowser -count=1
+func TestConsolePagesInBrowser(t *testing.T) {
+	t.Parallel()
+	origin := httpOrigin(t)
+	target := origin.Listener.Addr().String()
+	other := httpOrigin(t)
+	denied := other.Listener.Addr().String()
+	dir := t.TempDir()
+	fn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	t.Cleanup(fn.Close)
+	writeFile(t, filepath.Join(dir, "functions.yaml"), "functions:\n  - name: nightly-report\n    url: "+fn.URL+"/\n    state: productive\n  - name: wip\n    url: "+fn.URL+"/\n    state: draft\n")
+	s := provisionSecrets(t, dir, map[string]string{"oauth-token": "tok-1"})
+	d := startDaemon(t, daemonConfig{
+		files: map[string]string{"allow.d/main.txt": "api.github.com\n*.stripe.com\n"},
+		extra: secretsConfig(s, "") + fmt.Sprintf("scheduler:\n  functions_file: %s\n  state_file: %s\nmanaged_allowlist:\n  file: %s\n",
+			filepath.Join(dir, "functions.yaml"), filepath.Join(dir, "schedules.json"), filepath.Join(dir, "managed.txt")),
+	})
+	var started struct{ Admin string }
+	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
+	base := "http://" + started.Admin
+	ctx := newBrowser(t, "Europe/Berlin")
+	shots := map[string][]byte{}
+	shoot := func(name string) {
+		t.Helper()
+		for _, size := range []struct {
+			suffix string
+			w, h   int64
+		}{{"", 1280, 800}, {"-phone", 390, 844}} {
+			do(t, ctx, chromedp.EmulateViewport(size.w, size.h))
+			png := run(t, ctx, chromedp.CaptureScreenshot())
+			if len(png) < 1000 || string(png[1:4]) != "PNG" {
+				t.Errorf("the screenshot of %s%s is not a PNG", name, size.suffix)
+			}
+			shots[name+size.suffix+".png"] = png
+		}
+		do(t, ctx, chromedp.EmulateViewport(1280, 800))
+	}
+
+	do(t, ctx, chromedp.Navigate(base+"/"))
+	shoot("signin")
+	do(t, ctx, chromedp.SendKeys(chromedp.CSS("#token"), s.token), chromedp.Click(chromedp.CSS("button[type=submit]")))
+	waitText(t, ctx, "h1", "Overview")
+	shoot("overview")
+
+	// Secrets: the value goes in, and never comes back.
+	const value = "whsec-browser-value-9931"
+	do(t, ctx, chromedp.Navigate(base+"/secrets"), chromedp.SendKeys(chromedp.CSS("#key"), "webhook-secret"),
+		chromedp.SendKeys(chromedp.CSS("#value"), value), chromedp.Click(chromedp.CSS("form.add button[type=submit]")))
+	waitText(t, ctx, "[role=status]", "webhook-secret created (version 1)")
+	shoot("secrets")
+	for _, path := range []string{"/secrets", "/secrets?all=true", "/overview"} {
+		do(t, ctx, chromedp.Navigate(base+path))
+		html := run(t, ctx, chromedp.Evaluate[string](`document.documentElement.outerHTML + location.href`))
+		if strings.Contains(html, value) || strings.Contains(html, "tok-1") {
+			t.Errorf("a secret's value is in the DOM of %s", path)
+		}
+	}
+	do(t, ctx, chromedp.Navigate(base+"/secrets"), chromedp.Click(chromedp.CSS(`button[aria-label="Delete webhook-secret"]`)))
+	waitText(t, ctx, "[role=alert]", "Delete the secret webhook-secret? Functions reading it get 404 at once")
+	do(t, ctx, chromedp.Click(chromedp.CSS("main form button[type=submit]")))
+	waitText(t, ctx, "[role=status]", "webhook-secret deleted.")
+
+	// The allowlist: a domain added on the page is in force through the proxy.
+	if got := d.status("http://" + target + "/"); got != 403 {
+		t.Fatalf("before: %d", got)
+	}
+	do(t, ctx, chromedp.Navigate(base+"/allowlist"), chromedp.SendKeys(chromedp.CSS("#rule"), target), chromedp.Click(chromedp.CSS("form.add button[type=submit]")))
+	waitText(t, ctx, "[role=status]", target+" added; in force after")
+	if took := d.waitStatus("http://"+target+"/", 200); took > time.Second {
+		t.Errorf("the domain added on the page was in force after %s; want within 1s", took)
+	}
+	shoot("allowlist")
+
+	// Denials: allow one from the page.
+	if got := d.status("http://" + denied + "/"); got != 403 {
+		t.Fatalf("the other origin before: %d", got)
+	}
+	do(t, ctx, chromedp.Navigate(base+"/denials"))
+	waitText(t, ctx, "tbody", denied)
+	shoot("denials")
+	do(t, ctx, chromedp.Click(chromedp.CSS(`form[action="/denials/allow"] button`)))
+	waitText(t, ctx, "[role=alert]", "Add "+denied+" to the allowlist?")
+	do(t, ctx, chromedp.Click(chromedp.CSS("main form button[type=submit]")))
+	waitText(t, ctx, "[role=status]", denied+" allowed.")
+	if got := d.status("http://" + denied + "/"); got != 200 {
+		t.Errorf("after allowing it from the Denials page: %d; want 200", got)
+	}
+
+	// The schedules and trace pages, for their pictures.
+	do(t, ctx, chromedp.Navigate(base+"/schedules"), chromedp.SendKeys(chromedp.CSS("#cron"), "0 7 * * 1-5"),
+		chromedp.SendKeys(chromedp.CSS("#payload"), `{"report": "daily"}`), chromedp.Click(chromedp.CSS("#schedule-form button[type=submit]")))
+	waitText(t, ctx, "[role=status]", "created")
+	do(t, ctx, chromedp.Click(chromedp.CSS("tbody tr form[action='/schedules/run'] button")))
+	waitText(t, ctx, "[role=status]", "ran: success")
+	do(t, ctx, chromedp.SendKeys(chromedp.CSS("#cron"), "*/5 * * * * *"))
+	waitText(t, ctx, "#cron-help", "valid examples")
+	shoot("schedules")
+	do(t, ctx, chromedp.Navigate(base+"/trace?url="+url.QueryEscape("http://"+target+"/")))
+	waitText(t, ctx, "caption", "every hop allowed")
+	shoot("trace")
+
+	if os.Getenv("EGRESSD_SCREENSHOTS") != "" {
+		out := filepath.Join("..", "docs", "console")
+		if err := os.MkdirAll(out, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for name, png := range shots {
+			if err := os.WriteFile(filepath.Join(out, name), png, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Logf("wrote %d screenshots to %s", len(shots), out)
+	}
 }
