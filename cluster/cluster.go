@@ -15,6 +15,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,6 +49,7 @@ type Cluster struct {
 	interval  time.Duration
 	log       *slog.Logger
 	connected prometheus.Gauge
+	up        atomic.Bool // what the gauge says, for the console
 
 	mu          sync.Mutex
 	onReconnect []func()
@@ -106,6 +108,7 @@ func Connect(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.R
 			strings.Join(cfg.Endpoints, ", "), cfg.DialTimeout, err)
 	}
 	c.connected.Set(1)
+	c.up.Store(true)
 	if reg != nil {
 		if err := reg.Register(c.connected); err != nil {
 			client.Close()
@@ -185,12 +188,14 @@ func (c *Cluster) Run(ctx context.Context) {
 		case err != nil && downSince.IsZero():
 			downSince = time.Now()
 			c.connected.Set(0)
+			c.up.Store(false)
 			c.log.Warn("etcd is unreachable: enforcing the policy in force and serving cached state; writes fail with 503 until it is back",
 				"error", err.Error())
 		case err == nil && !downSince.IsZero():
 			c.log.Info("etcd is reachable again; resyncing the caches", "outage", time.Since(downSince).Round(time.Millisecond).String())
 			downSince = time.Time{}
 			c.connected.Set(1)
+			c.up.Store(true)
 			c.mu.Lock()
 			hooks := append([]func(){}, c.onReconnect...)
 			c.mu.Unlock()
@@ -200,6 +205,9 @@ func (c *Cluster) Run(ctx context.Context) {
 		}
 	}
 }
+
+// Connected says whether etcd answered the last health read.
+func (c *Cluster) Connected() bool { return c.up.Load() }
 
 // Close closes the connection.
 func (c *Cluster) Close() error { return c.client.Close() }

@@ -47,6 +47,8 @@ type Options struct {
 	Secure bool
 	// Version is shown on the overview.
 	Version string
+	// Status, if set, is read for the overview.
+	Status func() Status
 	Now     func() time.Time
 	Logger  *slog.Logger
 }
@@ -60,6 +62,8 @@ type Console struct {
 
 	mu       sync.Mutex
 	sessions map[string]session // by the cookie's value
+
+	counts counts // the request counts a minute apart, for the overview's hour
 }
 
 type session struct {

@@ -181,3 +181,26 @@ func TestSessionExpiry(t *testing.T) {
 		t.Errorf("at expiry: %d to %q; want sign-in", resp.StatusCode, resp.Header.Get("Location"))
 	}
 }
+
+func TestCountsLastHour(t *testing.T) {
+	t0 := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	var c counts
+	// Started at t0 with nothing; 10 requests a minute, 2 denied.
+	for m := 0; m <= 90; m++ {
+		c.add(sample{t0.Add(time.Duration(m) * time.Minute), int64(8 * m), int64(2 * m)})
+	}
+	now := sample{t0.Add(90*time.Minute + 30*time.Second), 8*90 + 4, 2*90 + 1}
+	a, d := c.lastHour(now)
+	// The oldest sample within the hour is at minute 31: 59.5 minutes ago.
+	if a != 8*90+4-8*31 || d != 2*90+1-2*31 {
+		t.Errorf("last hour at 90.5 min: %d allowed, %d denied; want %d, %d", a, d, 8*90+4-8*31, 2*90+1-2*31)
+	}
+	if len(c.samples) > 62 {
+		t.Errorf("%d samples kept; want about an hour's", len(c.samples))
+	}
+	var fresh counts
+	fresh.add(sample{t0, 0, 0})
+	if a, d := fresh.lastHour(sample{t0.Add(5 * time.Minute), 7, 3}); a != 7 || d != 3 {
+		t.Errorf("5 minutes after start: %d, %d; want everything since start", a, d)
+	}
+}

@@ -28,5 +28,6 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, s session) {
 		files[rule.File] = true
 	}
 	data["Rules"], data["Files"], data["Reload"] = len(policy.Rules), len(files), policy.LastReload
+	c.status(data)
 	c.render(w, http.StatusOK, "overview.html", data)
 }

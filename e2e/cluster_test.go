@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -98,6 +99,17 @@ func TestClusterManagedAllowlist(t *testing.T) {
 		if resp != nil {
 			resp.Body.Close()
 		}
+	}
+
+	cc, base, _ := consoleSession(t, a, "cluster-token")
+	if resp, err := cc.Get(base + "/overview"); err == nil {
+		page, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(page), "<dt>etcd</dt><dd>unreachable") {
+			t.Errorf("the console's overview during the outage:\n%s", page)
+		}
+	} else {
+		t.Error(err)
 	}
 
 	etcd.Restart()

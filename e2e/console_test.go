@@ -66,7 +66,9 @@ func TestConsoleAccess(t *testing.T) {
 			t.Errorf("%s: Set-Cookie %q; want HttpOnly, and Secure exactly on TLS", scheme, set)
 		}
 		c.CheckRedirect = nil
-		if code, page := get("/overview"); code != 200 || !strings.Contains(page, "1 rules from 1 sources") {
+		d.status("http://denied.invalid/")
+		if code, page := get("/overview"); code != 200 || !strings.Contains(page, "1 rules from 1 sources") ||
+			!strings.Contains(page, "<dd>enforce</dd>") || !strings.Contains(page, "0 allowed, 1 denied") || !strings.Contains(page, "Tunnels open</dt><dd>0") {
 			t.Errorf("%s: overview: %d\n%s", scheme, code, page)
 		}
 		if code, _ := get("/console/api/v1/policy"); code != 200 {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // metrics are the proxy's Prometheus metrics. Label values come from closed sets
@@ -88,3 +89,32 @@ const (
 	decisionDeny   = "deny"
 	decisionReport = "report"
 )
+
+// Stats are the proxy's counts since it started, for the console's overview.
+type Stats struct {
+	Allowed, Denied, TunnelsOpen int64
+}
+
+// Stats reads the request counters (denied includes report mode's would-deny) and
+// the tunnels open now.
+func (p *Proxy) Stats() Stats {
+	var s Stats
+	m := p.metrics
+	for _, byDecision := range m.requestsBy {
+		s.Allowed += counterValue(byDecision[decisionAllow])
+		s.Denied += counterValue(byDecision[decisionDeny]) + counterValue(byDecision[decisionReport])
+	}
+	var g dto.Metric
+	if m.tunnelsActive.Write(&g) == nil {
+		s.TunnelsOpen = int64(g.GetGauge().GetValue())
+	}
+	return s
+}
+
+func counterValue(c prometheus.Counter) int64 {
+	var d dto.Metric
+	if c.Write(&d) != nil {
+		return 0
+	}
+	return int64(d.GetCounter().GetValue())
+}

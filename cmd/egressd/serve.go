@@ -175,10 +175,11 @@ func (a *app) serve(ctx context.Context) error {
 		adminAddr = l.admin.Addr().String()
 		secure := c.Admin.TLSCertFile != ""
 		web, err := console.New(console.Options{Token: a.adminToken, API: h, SessionTTL: c.Admin.SessionTTL, Secure: secure,
-			Version: versionString(), Logger: log})
+			Version: versionString(), Logger: log, Status: a.consoleStatus})
 		if err != nil {
 			return err
 		}
+		go web.Run(ctx)
 		// The JSON API under /v1/ with its bearer token; the console everywhere else.
 		root := http.NewServeMux()
 		root.Handle("/v1/", h)
@@ -307,6 +308,27 @@ loop:
 	}
 	log.Info("egressd stopped")
 	return runErr
+}
+
+// consoleStatus is what the console's overview shows of this egressd.
+func (a *app) consoleStatus() console.Status {
+	ps := a.proxy.Stats()
+	st := console.Status{Mode: string(a.c.Mode), Allowed: ps.Allowed, Denied: ps.Denied, TunnelsOpen: ps.TunnelsOpen}
+	if a.cluster != nil {
+		st.Cluster, st.ClusterConnected = true, a.cluster.Connected()
+	}
+	switch {
+	case a.sched == nil:
+	case a.clusterSchedules == nil:
+		st.Scheduler = "this egressd (single-node)"
+	case a.clusterSchedules.Leading():
+		st.Scheduler = "this replica leads and invokes"
+	case *a.c.Scheduler.Enabled:
+		st.Scheduler = "another replica leads; this one stands by"
+	default:
+		st.Scheduler = "another replica leads; this one is out of the election (scheduler.enabled: false)"
+	}
+	return st
 }
 
 // reloadUpstreams applies the upstreams section of the config file as it is now. A
