@@ -49,8 +49,8 @@ type Options struct {
 	Version string
 	// Status, if set, is read for the overview.
 	Status func() Status
-	Now     func() time.Time
-	Logger  *slog.Logger
+	Now    func() time.Time
+	Logger *slog.Logger
 }
 
 // Console is the console's handler.

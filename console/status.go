@@ -81,4 +81,3 @@ func (c *Console) status(data map[string]any) {
 	allowed, denied := c.counts.lastHour(sample{c.opts.Now(), st.Allowed, st.Denied})
 	data["Status"], data["AllowedHour"], data["DeniedHour"] = st, allowed, denied
 }
-
