@@ -274,3 +274,24 @@ func TestConsolePagesInBrowser(t *testing.T) {
 		t.Logf("wrote %d screenshots to %s", len(shots), out)
 	}
 }
+
+// TestConsoleSessionExpiry: a session past admin.session_ttl is sent back to
+// sign-in.
+func TestConsoleSessionExpiry(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "admin.token"), "expiry-token\n")
+	d := startDaemon(t, daemonConfig{extra: fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\n  session_ttl: 2s\n", filepath.Join(dir, "admin.token"))})
+	var started struct{ Admin string }
+	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
+	base := "http://" + started.Admin
+	ctx := newBrowser(t, "UTC")
+	do(t, ctx, chromedp.Navigate(base+"/"), chromedp.SendKeys(chromedp.CSS("#token"), "expiry-token"), chromedp.Click(chromedp.CSS("button[type=submit]")))
+	waitText(t, ctx, "h1", "Overview")
+	time.Sleep(2500 * time.Millisecond)
+	do(t, ctx, chromedp.Navigate(base+"/schedules"))
+	waitText(t, ctx, "[role=alert]", "Your session ended")
+	if loc := run(t, ctx, chromedp.Location()); !strings.HasSuffix(loc, "/?expired=1") {
+		t.Errorf("after expiry the browser is at %s; want the sign-in page", loc)
+	}
+}
