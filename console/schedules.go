@@ -14,6 +14,7 @@ type scheduleRow struct {
 	ID, Function, Cron, Payload string
 	State                       struct {
 		LastRun     *time.Time `json:"last_run"`
+		LastSkipped *time.Time `json:"last_skipped"`
 		LastOutcome string     `json:"last_outcome"`
 		LastError   string     `json:"last_error"`
 		NextRun     time.Time  `json:"next_run"`
@@ -28,8 +29,12 @@ func (s scheduleRow) Preview() string {
 	return string([]rune(s.Payload)[:60]) + "…"
 }
 
-// Outcome is the STATE column: success, failure or never run.
+// Outcome is the STATE column: success, failure, skipped (the last slot came while
+// a run was still going) or never run.
 func (s scheduleRow) Outcome() string {
+	if sk := s.State.LastSkipped; sk != nil && (s.State.LastRun == nil || sk.After(*s.State.LastRun)) {
+		return "skipped"
+	}
 	if s.State.LastOutcome == "" {
 		return "never run"
 	}

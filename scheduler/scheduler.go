@@ -73,6 +73,9 @@ type Schedule struct {
 type State struct {
 	LastRun      *time.Time `json:"last_run,omitempty"`      // when it started
 	LastOutcome  string     `json:"last_outcome,omitempty"`  // success or failure
+	// LastSkipped is the latest scheduled time skipped because a run was still
+	// going: after LastRun, the schedule's last slot did not run.
+	LastSkipped *time.Time `json:"last_skipped,omitempty"`
 	LastStatus   int        `json:"last_status,omitempty"`   // the function's HTTP status
 	LastError    string     `json:"last_error,omitempty"`    // why it failed, if it did
 	LastDuration float64    `json:"last_duration,omitempty"` // seconds
@@ -435,11 +438,24 @@ func (s *Scheduler) RunDue(now time.Time) {
 	}
 	for i, e := range due {
 		if !s.start(e) {
-			s.metrics.invocations.WithLabelValues(e.Function, "skipped").Inc()
-			s.log.Warn("schedule skipped: the previous run is still going", "id", e.ID, "function", e.Function, "scheduled", at[i])
+			s.skip(e, at[i])
 			continue
 		}
 		go s.invoke(e, at[i])
+	}
+}
+
+// skip records that e's run at was skipped: the previous run is still going.
+func (s *Scheduler) skip(e *entry, at time.Time) {
+	s.metrics.invocations.WithLabelValues(e.Function, "skipped").Inc()
+	s.log.Warn("schedule skipped: the previous run is still going", "id", e.ID, "function", e.Function, "scheduled", at)
+	s.mu.Lock()
+	e.State.LastSkipped = &at
+	st := e.State
+	s.saveStateLocked()
+	s.mu.Unlock()
+	if s.shared != nil {
+		s.recordShared(e.ID, st)
 	}
 }
 

@@ -230,6 +230,10 @@ func TestOverlapSkips(t *testing.T) {
 	if n := fn.count(); n != 1 {
 		t.Errorf("%d invocations; want 1", n)
 	}
+	st := s.List()[0].State
+	if st.LastSkipped == nil || !st.LastSkipped.Equal(t0.Truncate(time.Minute).Add(2*time.Minute)) || st.LastRun == nil || !st.LastSkipped.After(*st.LastRun) {
+		t.Errorf("state after a skip: %+v; want the skipped slot recorded after the last run", st)
+	}
 }
 
 type panickingInvoker struct{ calls atomic.Int32 }

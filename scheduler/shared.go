@@ -93,8 +93,7 @@ func (s *Scheduler) Lead(ctx context.Context) {
 // background.
 func (s *Scheduler) runClaimed(e *entry, at time.Time) {
 	if !s.start(e) {
-		s.metrics.invocations.WithLabelValues(e.Function, "skipped").Inc()
-		s.log.Warn("schedule skipped: the previous run is still going", "id", e.ID, "function", e.Function, "scheduled", at)
+		s.skip(e, at)
 		return
 	}
 	go func() {
