@@ -71,11 +71,11 @@ type Schedule struct {
 
 // State is how the last invocation went and when the next is due.
 type State struct {
-	LastRun      *time.Time `json:"last_run,omitempty"`      // when it started
-	LastOutcome  string     `json:"last_outcome,omitempty"`  // success or failure
+	LastRun     *time.Time `json:"last_run,omitempty"`     // when it started
+	LastOutcome string     `json:"last_outcome,omitempty"` // success or failure
 	// LastSkipped is the latest scheduled time skipped because a run was still
 	// going: after LastRun, the schedule's last slot did not run.
-	LastSkipped *time.Time `json:"last_skipped,omitempty"`
+	LastSkipped  *time.Time `json:"last_skipped,omitempty"`
 	LastStatus   int        `json:"last_status,omitempty"`   // the function's HTTP status
 	LastError    string     `json:"last_error,omitempty"`    // why it failed, if it did
 	LastDuration float64    `json:"last_duration,omitempty"` // seconds
