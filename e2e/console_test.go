@@ -302,11 +302,20 @@ func TestConsoleTrace(t *testing.T) {
 			filepath.Join(dir, "admin.token"), filepath.Join(dir, "managed.txt"))})
 	c, base, csrf := consoleSession(t, d, "console-token")
 	start := "http://a.test:" + port + "/start"
-	resp, err := c.Get(base + "/trace?url=" + url.QueryEscape(start))
+	resp, err := c.Get(base + "/allowlist")
 	if err != nil {
 		t.Fatal(err)
 	}
 	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(page), `<form method="get" action="/trace"`) || !strings.Contains(string(page), "Check redirects") {
+		t.Errorf("the allowlist page has no redirect check:\n%s", page)
+	}
+	resp, err = c.Get(base + "/trace?url=" + url.QueryEscape(start))
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if !strings.Contains(string(page), "denied: not on the allowlist") || !strings.Contains(string(page), `name="rule" value="b.test:`+port+`"`) {
 		t.Fatalf("the trace of a chain with a denied hop:\n%s", page)
