@@ -100,12 +100,10 @@ func consoleSession(t *testing.T, d *daemon, token string) (*http.Client, string
 	return c, base, csrf
 }
 
-// TestConsoleAllowlist: a domain added on the page is in force through the proxy
-// when the page comes back; a plain domain gets the subdomain pitfall and the
-// offer of its wildcard; a bad rule gets the rule files' message; a managed rule
-// is removed from the page; a form without the CSRF token changes nothing.
-func TestConsoleAllowlist(t *testing.T) {
-	t.Parallel()
+// managedDaemon is an egressd with the admin API (token "console-token"), a file
+// rule and managed rules, and an origin it denies until told otherwise.
+func managedDaemon(t *testing.T) (*daemon, string) {
+	t.Helper()
 	origin := httpOrigin(t)
 	target := origin.Listener.Addr().String()
 	dir := t.TempDir()
@@ -115,6 +113,16 @@ func TestConsoleAllowlist(t *testing.T) {
 		extra: fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\nmanaged_allowlist:\n  file: %s\n",
 			filepath.Join(dir, "admin.token"), filepath.Join(dir, "managed.txt")),
 	})
+	return d, target
+}
+
+// TestConsoleAllowlist: a domain added on the page is in force through the proxy
+// when the page comes back; a plain domain gets the subdomain pitfall and the
+// offer of its wildcard; a bad rule gets the rule files' message; a managed rule
+// is removed from the page; a form without the CSRF token changes nothing.
+func TestConsoleAllowlist(t *testing.T) {
+	t.Parallel()
+	d, target := managedDaemon(t)
 	c, base, csrf := consoleSession(t, d, "console-token")
 	post := func(path string, form url.Values) string {
 		t.Helper()
@@ -233,15 +241,7 @@ func TestConsoleSecrets(t *testing.T) {
 // proxy; the filter narrows the list.
 func TestConsoleDenials(t *testing.T) {
 	t.Parallel()
-	origin := httpOrigin(t)
-	target := origin.Listener.Addr().String()
-	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "admin.token"), "console-token\n")
-	d := startDaemon(t, daemonConfig{
-		files: map[string]string{"allow.d/a.txt": "file-rule.example.com\n"},
-		extra: fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\nmanaged_allowlist:\n  file: %s\n",
-			filepath.Join(dir, "admin.token"), filepath.Join(dir, "managed.txt")),
-	})
+	d, target := managedDaemon(t)
 	if got := d.status("http://" + target + "/"); got != 403 {
 		t.Fatalf("before: %d", got)
 	}
