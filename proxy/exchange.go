@@ -166,6 +166,9 @@ func (ex *exchange) deny(r *http.Request, d policy.Decision) *http.Response {
 	body := fmt.Sprintf("egressd: denied %s: %s; hint: %s\n", d.Target(), d.Reason, d.Hint())
 	resp := ex.own(r, http.StatusForbidden, "Forbidden by egressd: "+string(d.Reason), body)
 	resp.Header.Set(headerDenied, string(d.Reason))
+	// Counted and recorded before the client has its 403: whoever it tells finds
+	// the denial in the metrics and the table.
+	ex.answered()
 	ex.recordDenial()
 	return resp
 }
