@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -89,9 +88,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "admin.token"), "browser-token\n")
 	d := startDaemon(t, daemonConfig{extra: fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\nscheduler:\n  functions_file: %s\n  state_file: %s\n",
 		filepath.Join(dir, "admin.token"), filepath.Join(dir, "functions.yaml"), filepath.Join(dir, "schedules.json"))})
-	var started struct{ Admin string }
-	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
-	base := "http://" + started.Admin
+	base := "http://" + d.admin
 	ctx := newBrowser(t, "Asia/Tokyo")
 
 	do(t, ctx, chromedp.Navigate(base+"/"), chromedp.SendKeys(chromedp.CSS("#token"), "wrong"), chromedp.Click(chromedp.CSS("button[type=submit]")))
@@ -177,9 +174,7 @@ func TestConsolePagesInBrowser(t *testing.T) {
 		extra: secretsConfig(s, "") + fmt.Sprintf("scheduler:\n  functions_file: %s\n  state_file: %s\nmanaged_allowlist:\n  file: %s\n",
 			filepath.Join(dir, "functions.yaml"), filepath.Join(dir, "schedules.json"), filepath.Join(dir, "managed.txt")),
 	})
-	var started struct{ Admin string }
-	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
-	base := "http://" + started.Admin
+	base := "http://" + d.admin
 	ctx := newBrowser(t, "Europe/Berlin")
 	shots := map[string][]byte{}
 	shoot := func(name string) {
@@ -282,9 +277,7 @@ func TestConsoleSessionExpiry(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "admin.token"), "expiry-token\n")
 	d := startDaemon(t, daemonConfig{extra: fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\n  session_ttl: 2s\n", filepath.Join(dir, "admin.token"))})
-	var started struct{ Admin string }
-	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
-	base := "http://" + started.Admin
+	base := "http://" + d.admin
 	ctx := newBrowser(t, "UTC")
 	do(t, ctx, chromedp.Navigate(base+"/"), chromedp.SendKeys(chromedp.CSS("#token"), "expiry-token"), chromedp.Click(chromedp.CSS("button[type=submit]")))
 	waitText(t, ctx, "h1", "Overview")

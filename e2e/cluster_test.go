@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -26,12 +25,10 @@ func clusterReplica(t *testing.T, endpoint string, extra ...string) (*daemon, fu
 		extra: fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\ncluster:\n  etcd:\n    endpoints: [%s]\n    prefix: /e2e/\n    dial_timeout: 2s\n    session_ttl: 2s\n%s",
 			filepath.Join(dir, "admin.token"), endpoint, strings.Join(extra, "")),
 	})
-	var started struct{ Admin string }
-	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
 	return d, func(args ...string) execResult {
 		t.Helper()
 		return execInEnv(t, dir, []string{"EGRESSD_ADMIN_TOKEN=cluster-token"}, nil,
-			append([]string{"allowlist"}, append(args, "--admin", "http://"+started.Admin)...)...)
+			append([]string{"allowlist"}, append(args, "--admin", "http://"+d.admin)...)...)
 	}
 }
 
@@ -213,9 +210,7 @@ func TestClusterSecrets(t *testing.T) {
 
 	env := []string{"EGRESSD_ADMIN_TOKEN=" + s.token}
 	admin := func(d *daemon, stdin string, args ...string) execResult {
-		var started struct{ Admin string }
-		json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
-		return execInEnv(t, dir, env, strings.NewReader(stdin), append(append([]string{"secrets"}, args...), "--admin", "http://"+started.Admin)...)
+		return execInEnv(t, dir, env, strings.NewReader(stdin), append(append([]string{"secrets"}, args...), "--admin", "http://"+d.admin)...)
 	}
 	if r := admin(replicas[1], "db-pass", "create", "db-password"); r.code != 0 {
 		t.Fatalf("create on B: %d %s", r.code, r.stderr)
@@ -288,9 +283,7 @@ func TestClusterMemberLoss(t *testing.T) {
 	replicas := []*daemon{a, b, c}
 	plain := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
 	secretURL := func(d *daemon) string { return "http://" + d.proxy + "/v1/secrets/token" }
-	var started struct{ Admin string }
-	json.Unmarshal([]byte(a.logs.find(`"msg":"egressd started"`)), &started)
-	r := execInEnv(t, dir, []string{"EGRESSD_ADMIN_TOKEN=cluster-token"}, strings.NewReader("v1"), "secrets", "create", "token", "--admin", "http://"+started.Admin)
+	r := execInEnv(t, dir, []string{"EGRESSD_ADMIN_TOKEN=cluster-token"}, strings.NewReader("v1"), "secrets", "create", "token", "--admin", "http://"+a.admin)
 	if r.code != 0 {
 		t.Fatalf("secrets create: %d %s", r.code, r.stderr)
 	}
@@ -394,10 +387,8 @@ func TestClusterScheduler(t *testing.T) {
 	var admins []func(args ...string) execResult
 	for range 3 {
 		d, _ := clusterReplica(t, strings.Join(etcd.Endpoints, ", "), sched)
-		var started struct{ Admin string }
-		json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
 		admins = append(admins, func(args ...string) execResult {
-			return execInEnv(t, dir, []string{"EGRESSD_ADMIN_TOKEN=cluster-token"}, nil, append(append([]string{"schedules"}, args...), "--admin", "http://"+started.Admin)...)
+			return execInEnv(t, dir, []string{"EGRESSD_ADMIN_TOKEN=cluster-token"}, nil, append(append([]string{"schedules"}, args...), "--admin", "http://"+d.admin)...)
 		})
 		replicas = append(replicas, d)
 	}

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -35,9 +34,7 @@ func TestConsoleAccess(t *testing.T) {
 			scheme = "https"
 		}
 		d := startDaemon(t, daemonConfig{files: map[string]string{"allow.d/a.txt": "a.example.com\n"}, extra: extra})
-		var started struct{ Admin string }
-		json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
-		base := scheme + "://" + started.Admin
+		base := scheme + "://" + d.admin
 		jar, _ := cookiejar.New(nil)
 		c := &http.Client{Jar: jar, Timeout: 5 * time.Second,
 			Transport: &http.Transport{Proxy: nil, TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}}}
@@ -81,9 +78,7 @@ func TestConsoleAccess(t *testing.T) {
 // token.
 func consoleSession(t *testing.T, d *daemon, token string) (*http.Client, string, string) {
 	t.Helper()
-	var started struct{ Admin string }
-	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
-	base := "http://" + started.Admin
+	base := "http://" + d.admin
 	jar, _ := cookiejar.New(nil)
 	c := &http.Client{Jar: jar, Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
 	resp, err := c.PostForm(base+"/signin", url.Values{"token": {token}})

@@ -218,12 +218,10 @@ func TestAdminAPI(t *testing.T) {
 		extra: "admin:\n  listen: 127.0.0.1:0\n  token_file: admin.token\n  denial_targets: 3\n",
 		files: map[string]string{"allow.d/a.txt": traceAllowlist(port, false), "admin.token": "tok-" + t.Name() + "\n"},
 	})
-	var started struct{ Admin string }
-	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
-	if started.Admin == "" {
+	if d.admin == "" {
 		t.Fatal("egressd did not log its admin address")
 	}
-	base := "http://" + started.Admin
+	base := "http://" + d.admin
 	token := "tok-" + t.Name()
 
 	t.Run("auth", func(t *testing.T) {

@@ -92,6 +92,7 @@ type daemon struct {
 	dir     string // the config's directory
 	proxy   string // host:port of the proxy listener
 	metrics string // host:port of the metrics listener
+	admin   string // host:port of the admin listener, if it runs
 	logs    *logBuffer
 	done    chan struct{} // closed when the process has exited
 	exitErr error
@@ -178,11 +179,11 @@ func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
 		}
 	})
 	started := d.waitLog(`"msg":"egressd started"`, 15*time.Second)
-	var line struct{ Proxy, Metrics string }
+	var line struct{ Proxy, Metrics, Admin string }
 	if err := json.Unmarshal([]byte(started), &line); err != nil {
 		t.Fatalf("parsing %q: %v", started, err)
 	}
-	d.proxy, d.metrics = line.Proxy, line.Metrics
+	d.proxy, d.metrics, d.admin = line.Proxy, line.Metrics, line.Admin
 	return d
 }
 

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -47,9 +46,7 @@ func schedulerDaemon(t *testing.T, dir, fnURL string) (*daemon, string, []string
 	d := startDaemon(t, daemonConfig{extra: fmt.Sprintf(
 		"admin:\n  listen: 127.0.0.1:0\n  token_file: %s\nscheduler:\n  functions_file: %s\n  state_file: %s\n",
 		filepath.Join(dir, "admin.token"), filepath.Join(dir, "functions.yaml"), filepath.Join(dir, "schedules.json"))})
-	var started struct{ Admin string }
-	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
-	return d, "http://" + started.Admin, []string{"EGRESSD_ADMIN_TOKEN=sched-token"}
+	return d, "http://" + d.admin, []string{"EGRESSD_ADMIN_TOKEN=sched-token"}
 }
 
 func TestSchedulesCLI(t *testing.T) {
@@ -148,14 +145,12 @@ func TestShutdownDuringARun(t *testing.T) {
 		proxy: "  drain_timeout: 2s\n",
 		extra: fmt.Sprintf("admin:\n  listen: 127.0.0.1:0\n  token_file: %s\nscheduler:\n  functions_file: %s\n  state_file: %s\n  invoke_timeout: 60s\n",
 			filepath.Join(dir, "admin.token"), filepath.Join(dir, "functions.yaml"), filepath.Join(dir, "schedules.json"))})
-	var started struct{ Admin string }
-	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
 	env := []string{"EGRESSD_ADMIN_TOKEN=sched-token"}
-	res := execInEnv(t, dir, env, nil, "schedules", "create", "--function", "slow", "--cron", "@hourly", "--admin", "http://"+started.Admin)
+	res := execInEnv(t, dir, env, nil, "schedules", "create", "--function", "slow", "--cron", "@hourly", "--admin", "http://"+d.admin)
 	id := strings.Fields(res.stdout)[1]
 	id = strings.TrimSuffix(id, ":")
 	go func() { // the run, through the admin API; it waits for the function
-		req, _ := http.NewRequest("POST", "http://"+started.Admin+"/v1/schedules/"+id+"/run", nil)
+		req, _ := http.NewRequest("POST", "http://"+d.admin+"/v1/schedules/"+id+"/run", nil)
 		req.Header.Set("Authorization", "Bearer sched-token")
 		if resp, err := (&http.Client{Timeout: 15 * time.Second}).Do(req); err == nil {
 			resp.Body.Close()

@@ -103,9 +103,7 @@ func TestSecretsRuntimeAndAdmin(t *testing.T) {
 		})
 	}
 
-	var started struct{ Admin string }
-	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
-	adminURL := "http://" + started.Admin
+	adminURL := "http://" + d.admin
 	env := []string{"EGRESSD_ADMIN_TOKEN=" + s.token}
 	t.Run("operators through the admin API", func(t *testing.T) {
 		r := execInEnv(t, dir, env, strings.NewReader("created-by-operator\n"), "secrets", "create", "db-password", "--admin", adminURL)

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"crypto/tls"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -81,9 +80,7 @@ func TestUpstreamsThroughTheBinary(t *testing.T) {
 	}
 
 	// /v1/policy and explain name the entry and its secrets, never their values.
-	var started struct{ Admin string }
-	json.Unmarshal([]byte(d.logs.find(`"msg":"egressd started"`)), &started)
-	pol, _ := curl(t, nil, "-H", "Authorization: Bearer "+s.token, "http://"+started.Admin+"/v1/policy")
+	pol, _ := curl(t, nil, "-H", "Authorization: Bearer "+s.token, "http://"+d.admin+"/v1/policy")
 	if !strings.Contains(pol, `"client_certificate": "partner-cert"`) || !strings.Contains(pol, `"inject_headers": [`) ||
 		strings.Contains(pol, "tok-e2e-secret") || strings.Contains(pol, "BEGIN") {
 		t.Errorf("/v1/policy:\n%s", pol)
