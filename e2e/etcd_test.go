@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,8 +13,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
+
+	"github.com/egressd/egressd/internal/etcdtest"
 )
 
 // etcdMember is one member of an etcd cluster run as a process of its own: this
@@ -39,19 +37,7 @@ type etcdProcesses struct {
 // ready (a quorum is up).
 func startEtcdProcesses(t *testing.T, n int) *etcdProcesses {
 	t.Helper()
-	var ls []net.Listener
-	var ports []int
-	for range 2 * n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
+	ports := etcdtest.FreePorts(t, 2*n)
 	var initial []string
 	for i := range n {
 		initial = append(initial, fmt.Sprintf("m%d=http://127.0.0.1:%d", i, ports[2*i+1]))
@@ -142,27 +128,13 @@ func helperEtcd(args []string) int {
 		fmt.Fprintln(os.Stderr, "etcd helper: NAME DIR CLIENTPORT PEERPORT INITIALCLUSTER")
 		return 2
 	}
-	cfg := embed.NewConfig()
-	cfg.Name, cfg.Dir = args[0], filepath.Join(args[1], "data")
-	cfg.Logger, cfg.LogLevel = "zap", "error"
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	client, _ := url.Parse("http://127.0.0.1:" + args[2])
-	peer, _ := url.Parse("http://127.0.0.1:" + args[3])
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
-	cfg.InitialCluster, cfg.InitialClusterToken = args[4], "e2e"
-	e, err := embed.StartEtcd(cfg)
+	cfg := etcdtest.MemberConfig(args[0], filepath.Join(args[1], "data"), "http://127.0.0.1:"+args[2], "http://127.0.0.1:"+args[3], args[4])
+	e, err := etcdtest.Launch(cfg, 60*time.Second)
 	if err != nil {
 		fmt.Println("error:", err)
 		return 1
 	}
-	select {
-	case <-e.Server.ReadyNotify():
-		fmt.Println("ready")
-	case <-time.After(60 * time.Second):
-		fmt.Println("error: not ready within 60s")
-		return 1
-	}
+	fmt.Println("ready")
 	err = <-e.Err()
 	fmt.Fprintln(os.Stderr, "etcd helper:", err)
 	return 1

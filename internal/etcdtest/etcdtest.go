@@ -37,10 +37,14 @@ func Start(t testing.TB) *Server { return StartTLS(t, nil) }
 // certificates from ca required. With a nil ca, it is Start.
 func StartTLS(t testing.TB, ca *testca.CA) *Server {
 	t.Helper()
-	cfg := embed.NewConfig()
 	scheme := "http"
 	if ca != nil {
 		scheme = "https"
+	}
+	ports := FreePorts(t, 2)
+	peer := fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+	cfg := MemberConfig("default", t.TempDir(), fmt.Sprintf("%s://127.0.0.1:%d", scheme, ports[0]), peer, "default="+peer)
+	if ca != nil {
 		dir := t.TempDir()
 		cert, key := ca.Issue(t, "127.0.0.1", time.Now().Add(time.Hour), false)
 		for name, data := range map[string]string{"ca.pem": ca.PEM, "server.pem": cert, "server.key": key} {
@@ -53,39 +57,50 @@ func StartTLS(t testing.TB, ca *testca.CA) *Server {
 			TrustedCAFile: filepath.Join(dir, "ca.pem"), ClientCertAuth: true,
 		}
 	}
-	cfg.Dir = t.TempDir()
-	cfg.Logger = "zap"
-	cfg.LogLevel = "error"
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	client, _ := url.Parse(scheme + "://127.0.0.1:0")
-	peer, _ := url.Parse("http://127.0.0.1:0")
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	s := &Server{t: t, cfg: cfg}
+	s := &Server{t: t, cfg: cfg, Endpoint: cfg.ListenClientUrls[0].String()}
 	s.start()
-	s.Endpoint = fmt.Sprintf("%s://%s", scheme, s.e.Clients[0].Addr().String())
-	// A restart keeps the ports it was given.
-	clientURL, _ := url.Parse(s.Endpoint)
-	peerURL, _ := url.Parse(fmt.Sprintf("http://%s", s.e.Peers[0].Addr().String()))
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*clientURL}, []url.URL{*clientURL}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peerURL}, []url.URL{*peerURL}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	t.Cleanup(s.Stop)
 	return s
 }
 
-func (s *Server) start() {
-	s.t.Helper()
-	e, err := embed.StartEtcd(s.cfg)
+// MemberConfig is the configuration of one quiet etcd member named name, with its
+// data under dir, serving clients at clientURL and peers at peerURL, in the cluster
+// initialCluster ("name=peerURL,..."). The e2e tests run members as processes
+// of their own with it.
+func MemberConfig(name, dir, clientURL, peerURL, initialCluster string) *embed.Config {
+	cfg := embed.NewConfig()
+	cfg.Name, cfg.Dir = name, dir
+	cfg.Logger, cfg.LogLevel = "zap", "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	client, _ := url.Parse(clientURL)
+	peer, _ := url.Parse(peerURL)
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
+	cfg.InitialCluster, cfg.InitialClusterToken = initialCluster, "etcdtest"
+	return cfg
+}
+
+// Launch starts the member cfg describes and waits up to wait for it to be ready
+// (a member of a cluster is not, until a quorum is up).
+func Launch(cfg *embed.Config, wait time.Duration) (*embed.Etcd, error) {
+	e, err := embed.StartEtcd(cfg)
 	if err != nil {
-		s.t.Fatalf("etcdtest: %v", err)
+		return nil, err
 	}
 	select {
 	case <-e.Server.ReadyNotify():
-	case <-time.After(20 * time.Second):
+		return e, nil
+	case <-time.After(wait):
 		e.Close()
-		s.t.Fatal("etcdtest: etcd not ready within 20s")
+		return nil, fmt.Errorf("etcd member %s not ready within %s", cfg.Name, wait)
+	}
+}
+
+func (s *Server) start() {
+	s.t.Helper()
+	e, err := Launch(s.cfg, 20*time.Second)
+	if err != nil {
+		s.t.Fatalf("etcdtest: %v", err)
 	}
 	s.e = e
 }
@@ -116,27 +131,17 @@ type Cluster struct {
 // StartCluster runs an n-member etcd cluster until the test ends.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
-	ports := freePorts(t, 2*n)
+	ports := FreePorts(t, 2*n)
 	c := &Cluster{}
 	var initial []string
 	for i := range n {
 		initial = append(initial, fmt.Sprintf("m%d=http://127.0.0.1:%d", i, ports[2*i+1]))
 	}
 	for i := range n {
-		cfg := embed.NewConfig()
-		cfg.Name = fmt.Sprintf("m%d", i)
-		cfg.Dir = t.TempDir()
-		cfg.Logger = "zap"
-		cfg.LogLevel = "error"
-		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-		client, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]))
-		peer, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]))
-		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
-		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
-		cfg.InitialCluster = strings.Join(initial, ",")
-		cfg.InitialClusterToken = "etcdtest"
-		c.Members = append(c.Members, &Server{t: t, cfg: cfg, Endpoint: client.String()})
-		c.Endpoints = append(c.Endpoints, client.String())
+		client := fmt.Sprintf("http://127.0.0.1:%d", ports[2*i])
+		cfg := MemberConfig(fmt.Sprintf("m%d", i), t.TempDir(), client, fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]), strings.Join(initial, ","))
+		c.Members = append(c.Members, &Server{t: t, cfg: cfg, Endpoint: client})
+		c.Endpoints = append(c.Endpoints, client)
 	}
 	// The members start together: none is ready before a quorum is up.
 	var wg sync.WaitGroup
@@ -145,17 +150,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			e, err := embed.StartEtcd(m.cfg)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			m.e = e
-			select {
-			case <-e.Server.ReadyNotify():
-			case <-time.After(30 * time.Second):
-				errs[i] = fmt.Errorf("member %d not ready within 30s", i)
-			}
+			m.e, errs[i] = Launch(m.cfg, 30*time.Second)
 		}()
 	}
 	wg.Wait()
@@ -168,8 +163,8 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	return c
 }
 
-// freePorts returns n loopback ports that were free a moment ago.
-func freePorts(t testing.TB, n int) []int {
+// FreePorts returns n loopback ports that were free a moment ago.
+func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var ls []net.Listener
 	defer func() {
