@@ -1,9 +1,6 @@
 package console
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -11,35 +8,6 @@ import (
 	"strings"
 	"time"
 )
-
-// call sends one request to the admin API in process and decodes its answer into
-// out (if not nil); an answer other than 2xx is an error with the API's message.
-func (c *Console) call(r *http.Request, method, path string, in, out any) error {
-	var body bytes.Buffer
-	if in != nil {
-		json.NewEncoder(&body).Encode(in)
-	}
-	req, err := http.NewRequestWithContext(r.Context(), method, path, &body)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.opts.Token)
-	req.Header.Set("Content-Type", "application/json")
-	rec := &recorder{header: http.Header{}, status: http.StatusOK}
-	c.opts.API.ServeHTTP(rec, req)
-	if rec.status < 200 || rec.status > 299 {
-		var e struct{ Error string }
-		json.Unmarshal(rec.body.Bytes(), &e)
-		if e.Error == "" {
-			e.Error = fmt.Sprintf("the admin API answered %d", rec.status)
-		}
-		return errors.New(e.Error)
-	}
-	if out != nil && rec.body.Len() > 0 {
-		return json.Unmarshal(rec.body.Bytes(), out)
-	}
-	return nil
-}
 
 type ruleRow struct {
 	Rule, File string

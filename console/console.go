@@ -19,6 +19,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"html/template"
 	"io"
 	"io/fs"
@@ -90,7 +91,7 @@ func New(opts Options) (*Console, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	pages, err := template.New("").Funcs(template.FuncMap{"json": toJSON}).ParseFS(webFS, "web/*.html")
+	pages, err := template.ParseFS(webFS, "web/*.html")
 	if err != nil {
 		return nil, err
 	}
@@ -243,24 +244,36 @@ func (c *Console) api(w http.ResponseWriter, r *http.Request, _ session) {
 	c.opts.API.ServeHTTP(w, r2)
 }
 
-// get reads one admin API endpoint in process, for a page.
-func (c *Console) get(r *http.Request, path string, v any) error {
-	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, path, nil)
+// call sends one request to the admin API in process and decodes its answer into
+// out (if not nil); an answer other than 2xx is an error with the API's message.
+func (c *Console) call(r *http.Request, method, path string, in, out any) error {
+	var body bytes.Buffer
+	if in != nil {
+		json.NewEncoder(&body).Encode(in)
+	}
+	req, err := http.NewRequestWithContext(r.Context(), method, path, &body)
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.opts.Token)
+	req.Header.Set("Content-Type", "application/json")
 	rec := &recorder{header: http.Header{}, status: http.StatusOK}
 	c.opts.API.ServeHTTP(rec, req)
-	if rec.status != http.StatusOK {
+	if rec.status < 200 || rec.status > 299 {
 		var e struct{ Error string }
 		json.Unmarshal(rec.body.Bytes(), &e)
+		if e.Error == "" {
+			e.Error = fmt.Sprintf("the admin API answered %d", rec.status)
+		}
 		return errors.New(e.Error)
 	}
-	return json.Unmarshal(rec.body.Bytes(), v)
+	if out != nil && rec.body.Len() > 0 {
+		return json.Unmarshal(rec.body.Bytes(), out)
+	}
+	return nil
 }
 
-// recorder is the in-process answer of the API to a page's read.
+// recorder is the in-process answer of the API to a page's call.
 type recorder struct {
 	header http.Header
 	status int
@@ -295,9 +308,4 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-func toJSON(v any) (string, error) {
-	b, err := json.Marshal(v)
-	return string(b), err
 }

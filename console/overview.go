@@ -20,7 +20,7 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, s session) {
 		} `json:"last_reload"`
 	}
 	data := map[string]any{"CSRF": s.csrf, "Version": c.opts.Version, "Page": "overview"}
-	if err := c.get(r, "/v1/policy", &policy); err != nil {
+	if err := c.call(r, http.MethodGet, "/v1/policy", nil, &policy); err != nil {
 		data["Error"] = err.Error()
 	}
 	files := map[string]bool{}

@@ -1,7 +1,6 @@
 package console
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -69,10 +68,7 @@ func (c *Console) schedulesCreate(w http.ResponseWriter, r *http.Request, _ sess
 	fn, expr, payload := r.PostFormValue("function"), strings.TrimSpace(r.PostFormValue("cron")), strings.TrimSpace(r.PostFormValue("payload"))
 	body := map[string]any{"function": fn, "cron": expr}
 	if payload != "" {
-		body["payload"] = json.RawMessage(payload)
-		if !json.Valid([]byte(payload)) {
-			body["payload"] = payload // a string: the API says what is wrong with it
-		}
+		body["payload"] = payload // as text, kept as typed; the API checks it is JSON
 	}
 	var sc scheduleRow
 	q := url.Values{}
