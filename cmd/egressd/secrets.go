@@ -220,18 +220,15 @@ func doMigrate(ctx context.Context, from, keyFile, configPath string, overwrite 
 	if err != nil {
 		return fail(err)
 	}
-	if !c.SecretsShared() {
-		return fail(fmt.Errorf("%s is not in cluster mode with secrets on etcd: set cluster.etcd.endpoints and secrets.key_file", configPath))
-	}
-	src, err := openFileStore(from, keyFile, stderr)
-	if err != nil {
-		return fail(err)
-	}
 	dst, closeStore, err := openSharedSecrets(ctx, c, stderr)
 	if err != nil {
 		return fail(err)
 	}
 	defer closeStore()
+	src, err := openFileStore(from, keyFile, stderr)
+	if err != nil {
+		return fail(err)
+	}
 	list, err := src.List(true)
 	if err != nil {
 		return fail(err)
