@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/egressd/egressd/internal/etcdtest"
 	"github.com/egressd/egressd/scheduler"
@@ -263,7 +262,7 @@ func TestSchedulerOnEtcd(t *testing.T) {
 			t.Errorf("a run older than 30s at the takeover was invoked %d times", n)
 		}
 	}
-	if v := testutil.ToFloat64(testutilMissed(third.reg)); v != 4 {
+	if v := missed(t, third.reg); v != 4 {
 		t.Errorf("egressd_schedule_missed_total = %v; want 4", v)
 	}
 	if got := inv.total(); got != 7 {
@@ -283,64 +282,20 @@ func TestSchedulerOnEtcd(t *testing.T) {
 	}
 }
 
-// testutilMissed is the missed-runs counter of function f in reg.
-func testutilMissed(reg *prometheus.Registry) prometheus.Collector {
-	return missedCollector{reg}
-}
-
-type missedCollector struct{ reg *prometheus.Registry }
-
-func (m missedCollector) Describe(chan<- *prometheus.Desc) {}
-func (m missedCollector) Collect(ch chan<- prometheus.Metric) {
-	mfs, _ := m.reg.Gather()
+// missed is egressd_schedule_missed_total in reg, over every function.
+func missed(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0.0
 	for _, mf := range mfs {
 		if mf.GetName() == "egressd_schedule_missed_total" {
-			for _, mt := range mf.Metric {
-				ch <- prometheus.MustNewConstMetric(prometheus.NewDesc("missed", "", nil, nil), prometheus.CounterValue, mt.GetCounter().GetValue())
+			for _, m := range mf.Metric {
+				total += m.GetCounter().GetValue()
 			}
 		}
 	}
-}
-
-// TestSchedulerOptOutAndUndeploy: a replica with the scheduler disabled serves the
-// schedules but never leads; undeploying a function deletes its schedules once, by
-// the leader, into the shared deleted list.
-func TestSchedulerOptOutAndUndeploy(t *testing.T) {
-	etcd := etcdtest.Start(t)
-	clock := &manualClock{now: time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)}
-	inv := &runs{n: map[string]int{}}
-	a := startSchedReplicaOpt(t, etcd.Endpoint, 0, clock, inv, true)
-	out := startSchedReplicaOpt(t, etcd.Endpoint, 1, clock, inv, false)
-	if l, _ := leader(t, []*schedReplica{a, out}, 5*time.Second); l != a {
-		t.Fatal("the opted-out replica leads")
-	}
-	sc, err := out.s.Create("f", "* * * * *", nil)
-	if err != nil {
-		t.Fatalf("create on the opted-out replica: %v", err)
-	}
-	a.c.Close() // the only candidate is gone
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) {
-		if out.shared.Leading() {
-			t.Fatal("the opted-out replica took the lead")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-
-	b := startSchedReplicaOpt(t, etcd.Endpoint, 2, clock, inv, true)
-	leader(t, []*schedReplica{b, out}, 5*time.Second)
-	for _, r := range []*schedReplica{out, b} { // the ConfigMap changes under both
-		r.s.SetFunctions([]scheduler.Function{{Name: "f", URL: "http://127.0.0.1:1/", State: scheduler.StateDraft}})
-	}
-	for _, r := range []*schedReplica{out, b} {
-		for i := 0; len(r.s.List()) != 0 || len(r.s.Deleted()) != 1; i++ {
-			if i == 200 {
-				t.Fatalf("after the undeploy: %d schedules, %d deleted; want 0 and 1", len(r.s.List()), len(r.s.Deleted()))
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		if d := r.s.Deleted()[0]; d.ID != sc.ID || d.Reason != "function is draft" {
-			t.Errorf("deleted: %+v", d)
-		}
-	}
+	return total
 }
