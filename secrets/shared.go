@@ -53,6 +53,13 @@ type shared struct {
 	remote Remote
 	mu     sync.Mutex       // serializes Refresh
 	seen   map[string]int64 // the highest version seen of each key: a lower one is a rollback
+	opened map[string]opened // the last record opened for each key, so a refresh opens only what changed
+}
+
+// opened is a sealed record and what it opened to.
+type opened struct {
+	sealed string
+	r      record
 }
 
 // OpenShared returns a store on remote. Every record must open with Key or
@@ -60,7 +67,7 @@ type shared struct {
 func OpenShared(opts SharedOptions) (*Store, error) {
 	fillDefaults(&opts.Now, &opts.Logger, &opts.Registerer)
 	s := &Store{keys: []Key{opts.Key}, now: opts.Now, log: opts.Logger, mu: make(chan struct{}, 1),
-		shared: &shared{remote: opts.Remote, seen: map[string]int64{}}}
+		shared: &shared{remote: opts.Remote, seen: map[string]int64{}, opened: map[string]opened{}}}
 	if opts.PreviousKey != nil {
 		s.keys = append(s.keys, *opts.PreviousKey)
 	}
@@ -92,7 +99,10 @@ func (s *Store) refresh() error {
 	p := &payload{Secrets: map[string]record{}}
 	var bad []error
 	for key, sealed := range sh.remote.Records() {
-		r, err := openRecord(sealed, key, s.keys)
+		r, err := sh.opened[key].r, error(nil)
+		if sh.opened[key].sealed != sealed {
+			r, err = openRecord(sealed, key, s.keys)
+		}
 		if err == nil && r.Version < sh.seen[key] {
 			err = fmt.Errorf("secret %q went back from version %d to %d: it was rolled back; the newer version is served", key, sh.seen[key], r.Version)
 		}
@@ -106,11 +116,13 @@ func (s *Store) refresh() error {
 			continue
 		}
 		sh.seen[key] = r.Version
+		sh.opened[key] = opened{sealed, r}
 		p.Secrets[key] = r
 	}
 	for key := range sh.seen {
 		if _, ok := p.Secrets[key]; !ok {
 			delete(sh.seen, key) // deleted: a new secret of that name starts at 1
+			delete(sh.opened, key)
 		}
 	}
 	s.snap.Store(&snapshot{p: p})
