@@ -51,8 +51,8 @@ type SharedOptions struct {
 // shared is a Store's state in shared mode.
 type shared struct {
 	remote Remote
-	mu     sync.Mutex       // serializes Refresh
-	seen   map[string]int64 // the highest version seen of each key: a lower one is a rollback
+	mu     sync.Mutex        // serializes Refresh
+	seen   map[string]int64  // the highest version seen of each key: a lower one is a rollback
 	opened map[string]opened // the last record opened for each key, so a refresh opens only what changed
 }
 
