@@ -125,8 +125,8 @@ func (s *Schedules) LastClaim(ctx context.Context, id string) (time.Time, error)
 	if err != nil || rev == 0 {
 		return time.Time{}, err
 	}
-	n, err := strconv.ParseInt(strings.TrimLeft(v, "0"), 10, 64)
-	if err != nil && v != strings.Repeat("0", 20) {
+	n, err := strconv.ParseInt(v, 10, 64) // leading zeros parse
+	if err != nil {
 		return time.Time{}, fmt.Errorf("claims/%s holds %q", id, v)
 	}
 	return time.Unix(n, 0).UTC(), nil
