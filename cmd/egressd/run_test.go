@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"context"
 	"os"
 	"path/filepath"
@@ -183,6 +184,53 @@ func TestRunExitCodes(t *testing.T) {
 			if tt.stderrLack != "" && strings.Contains(errOut.String(), tt.stderrLack) {
 				t.Errorf("stderr %q has %q", errOut.String(), tt.stderrLack)
 			}
+		})
+	}
+}
+
+// TestServeListenerInUse: an address another process holds makes serve exit 1 with
+// the listener's name and the cause, not a panic, and the listeners opened before it
+// are closed again.
+func TestServeListenerInUse(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	freeAddr := free.Addr().String()
+	free.Close()
+	for _, tt := range []struct{ name, proxy, metrics, want string }{
+		{"proxy", held.Addr().String(), "127.0.0.1:0", "proxy listener"},
+		{"metrics", freeAddr, held.Addr().String(), "metrics listener"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for name, content := range map[string]string{"allow.txt": "api.example.com\n", "hosts": "127.0.0.1 localhost\n", "resolv.conf": "nameserver 127.0.0.1\n"} {
+				os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600)
+			}
+			cfg := strings.Replace(baseConfig, "proxy:\n  listen: 127.0.0.1:0", "proxy:\n  listen: "+tt.proxy, 1)
+			cfg = strings.Replace(cfg, "metrics:\n  listen: 127.0.0.1:0", "metrics:\n  listen: "+tt.metrics, 1)
+			path := filepath.Join(dir, "egressd.yaml")
+			os.WriteFile(path, []byte(strings.ReplaceAll(cfg, "{dir}", dir)), 0o600)
+			canceled, cancel := context.WithCancel(context.Background())
+			cancel()
+			var out, errOut bytes.Buffer
+			if code := run(canceled, []string{"serve", "--config", path}, &out, &errOut); code != 1 {
+				t.Fatalf("serve exit %d; want 1\n%s", code, errOut.String())
+			}
+			if !strings.Contains(errOut.String(), tt.want) || !strings.Contains(errOut.String(), "address already in use") {
+				t.Errorf("serve says %q; want %q and the cause", errOut.String(), tt.want)
+			}
+			// The proxy listener opened before the metrics one failed is closed again.
+			ln, err := net.Listen("tcp", freeAddr)
+			if err != nil {
+				t.Fatalf("the proxy's address is still held after serve failed: %v", err)
+			}
+			ln.Close()
 		})
 	}
 }

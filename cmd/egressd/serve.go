@@ -71,23 +71,27 @@ func (l *listeners) close() {
 }
 
 // listen opens the app's listeners; on an error it closes those it opened.
-func (a *app) listen() (l *listeners, err error) {
+func (a *app) listen() (*listeners, error) {
+	l := &listeners{}
+	if err := a.open(l); err != nil {
+		l.close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// open fills l with the app's listeners, stopping at the first that fails.
+func (a *app) open(l *listeners) (err error) {
 	c := a.c
-	l = &listeners{}
-	defer func() {
-		if err != nil {
-			l.close()
-		}
-	}()
 	if l.proxy, err = proxy.Listen(c.Proxy.Listen); err != nil {
-		return nil, fmt.Errorf("proxy listener: %w", err)
+		return fmt.Errorf("proxy listener: %w", err)
 	}
 	if l.metrics, err = net.Listen("tcp", c.Metrics.Listen); err != nil {
-		return nil, fmt.Errorf("metrics listener: %w", err)
+		return fmt.Errorf("metrics listener: %w", err)
 	}
 	if c.Proxy.TransparentListen != "" {
 		if l.transparent, err = proxy.Listen(c.Proxy.TransparentListen); err != nil {
-			return nil, fmt.Errorf("transparent listener: %w", err)
+			return fmt.Errorf("transparent listener: %w", err)
 		}
 		// The rules redirect IPv6 to ::1 on the same port: listen there too when the
 		// listener is on IPv4 loopback and the namespace has IPv6.
@@ -100,15 +104,15 @@ func (a *app) listen() (l *listeners, err error) {
 	}
 	if c.DNS.Listen != "" {
 		if l.dnsUDP, l.dnsTCP, err = dnsserver.Listen(c.DNS.Listen); err != nil {
-			return nil, fmt.Errorf("dns listener: %w", err)
+			return fmt.Errorf("dns listener: %w", err)
 		}
 	}
 	if a.adminToken != "" {
 		if l.admin, err = net.Listen("tcp", c.Admin.Listen); err != nil {
-			return nil, fmt.Errorf("admin listener: %w", err)
+			return fmt.Errorf("admin listener: %w", err)
 		}
 	}
-	return l, nil
+	return nil
 }
 
 // serve runs the app until ctx is done, then shuts down gracefully.
