@@ -2,8 +2,8 @@ package main
 
 import (
 	"bytes"
-	"net"
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
