@@ -135,7 +135,7 @@ func bench(s settings) error {
 		}
 		peers = append(peers, b)
 	}
-	for _, start := range []func(string, []string) (*peer, error){startSquid, startTinyproxy, startBareConnect, startHAProxy, startNginx} {
+	for _, start := range []func(string, []string) (*peer, error){startSquid, startTinyproxy, startSmokescreen, startBareConnect, startHAProxy, startNginx} {
 		p, err := start(dir, targets)
 		switch {
 		case errors.Is(err, errNotInstalled):
@@ -143,6 +143,9 @@ func bench(s settings) error {
 		case err != nil:
 			return err
 		default:
+			if p.relay == nil {
+				p.restart = start
+			}
 			peers = append(peers, p)
 		}
 	}
@@ -179,33 +182,32 @@ func bench(s settings) error {
 	}
 	fmt.Println()
 
-	var mem []float64
+	res := results{}
 	if s.runs("memory") {
 		// Measured first, on fresh processes: after the other workloads a heap has free
-		// room to reuse, and the figure would flatter.
-		for _, p := range peers {
-			if p.relay != nil {
-				mem = append(mem, -1) // not a forward proxy: not measured
-				continue
-			}
-			perTunnel, err := idleMemory(p, echo, s.idle)
-			if err != nil {
-				return fmt.Errorf("%s: %w", p.name, err)
-			}
-			mem = append(mem, perTunnel/1024)
+		// room to reuse, and the figures would flatter.
+		if err := benchMemory(s, dir, targets, echo, peers, res); err != nil {
+			return err
 		}
 	}
 	columns := append(append([]*peer(nil), peers...), &peer{name: "direct"})
 	if s.runs("throughput") {
+		cpu := map[string][]float64{}
 		interleave(s.rounds, "CONNECT throughput (MiB/s)", columns, func(p *peer) (float64, error) {
-			return throughput(p.dial, sink, s.bytes)
+			before := p.cpuSeconds()
+			mibs, err := throughput(p.dial, sink, s.bytes)
+			if used := p.cpuSeconds() - before; p.cmd != nil && err == nil {
+				cpu[p.name] = append(cpu[p.name], used/(float64(s.bytes)/(1<<30)))
+			}
+			return mibs, err
 		}).print(false)
+		res.add(rowCPUPerGiB, medians(columns, "  proxy CPU per GiB (s)", cpu).printPlain(2))
 	}
 	if s.runs("http") {
 		p50 := map[string][]float64{}
 		p99 := map[string][]float64{}
 		cpu := map[string][]float64{}
-		interleave(s.rounds, fmt.Sprintf("HTTP requests/s (%d clients)", s.httpClients), columns, func(p *peer) (float64, error) {
+		res.add(rowHTTPRate, interleave(s.rounds, fmt.Sprintf("HTTP requests/s (%d clients)", s.httpClients), columns, func(p *peer) (float64, error) {
 			if p.connectOnly {
 				return math.NaN(), nil
 			}
@@ -221,33 +223,39 @@ func bench(s settings) error {
 				cpu[p.name] = append(cpu[p.name], used/(r.rps*s.duration.Seconds())*1e6)
 			}
 			return r.rps, err
-		}).print(false)
+		}).print(false))
 		medians(columns, "  HTTP latency p50 (ms)", p50).print(true)
-		medians(columns, "  HTTP latency p99 (ms)", p99).print(true)
-		medians(columns, "  proxy CPU per request (us)", cpu).printPlain()
+		res.add(rowHTTPP99, medians(columns, "  HTTP latency p99 (ms)", p99).print(true))
+		res.add(rowCPUPerRequest, medians(columns, "  proxy CPU per request (us)", cpu).printPlain(1))
 	}
 	if s.runs("tunnels") {
-		cpu := map[string][]float64{}
-		interleave(s.rounds, fmt.Sprintf("new CONNECT tunnels/s (%d clients)", s.tunnelConc), columns, func(p *peer) (float64, error) {
-			before := p.cpuSeconds()
-			rate, err := tunnelRate(p.dial, echo, s.tunnelConc, s.duration)
-			if used := p.cpuSeconds() - before; p.cmd != nil && rate > 0 {
-				cpu[p.name] = append(cpu[p.name], used/(rate*s.duration.Seconds())*1e6)
+		for _, w := range []struct {
+			name, rate, p99, cpu string
+			target               string
+			use                  func(net.Conn) error
+		}{
+			{"one HTTP request", rowTunnelRate, rowTunnelP99, rowCPUPerTunnel, web, oneRequest(web)},
+			{"one byte echoed", "", "", "", echo, echoOne},
+		} {
+			cpu := map[string][]float64{}
+			p99 := map[string][]float64{}
+			r := interleave(s.rounds, fmt.Sprintf("new tunnels/s, %s (%d clients)", w.name, s.tunnelConc), columns, func(p *peer) (float64, error) {
+				before := p.cpuSeconds()
+				rate, tail, err := tunnelRate(p.dial, w.target, s.tunnelConc, s.duration, w.use)
+				p99[p.name] = append(p99[p.name], tail)
+				if used := p.cpuSeconds() - before; p.cmd != nil && rate > 0 {
+					cpu[p.name] = append(cpu[p.name], used/(rate*s.duration.Seconds())*1e6)
+				}
+				return rate, err
+			}).print(false)
+			tail := medians(columns, "  new tunnel latency p99 (ms)", p99).print(true)
+			c := medians(columns, "  proxy CPU per new tunnel (us)", cpu).printPlain(1)
+			if w.rate != "" {
+				res.add(w.rate, r)
+				res.add(w.p99, tail)
+				res.add(w.cpu, c)
 			}
-			return rate, err
-		}).print(false)
-		medians(columns, "  proxy CPU per new tunnel (us)", cpu).printPlain()
-	}
-	if mem != nil {
-		fmt.Printf("%-40s", fmt.Sprintf("RSS per idle tunnel, KiB (%d open)", s.idle))
-		for _, m := range mem {
-			if m < 0 {
-				fmt.Printf(" %18s", "-")
-				continue
-			}
-			fmt.Printf(" %18.1f", m)
 		}
-		fmt.Println()
 	}
 	if s.runs("mtls") {
 		if err := benchMTLS(s, dir); err != nil {
@@ -259,6 +267,7 @@ func bench(s settings) error {
 			return fmt.Errorf("transparent: %w", err)
 		}
 	}
+	res.goals(peers)
 	return nil
 }
 
@@ -272,11 +281,11 @@ type row struct {
 
 // print writes the row with each proxy's ratio to direct (for latencies, direct's to
 // the proxy's, so that higher is better everywhere).
-func (r row) print(lowerBetter bool) {
+func (r row) print(lowerBetter bool) row {
 	fmt.Printf("%-40s", r.name)
 	if r.err != nil {
 		fmt.Printf(" error: %v\n", r.err)
-		return
+		return r
 	}
 	direct := r.values[len(r.values)-1]
 	for i, v := range r.values {
@@ -295,20 +304,22 @@ func (r row) print(lowerBetter bool) {
 		fmt.Printf(" %18s", fmt.Sprintf("%.1f (%.2f)", v, ratio))
 	}
 	fmt.Println()
+	return r
 }
 
-// printPlain writes the row's values with no ratio: a cost the direct column
-// does not have.
-func (r row) printPlain() {
+// printPlain writes the row's values, with prec decimals, and no ratio: a cost the
+// direct column does not have.
+func (r row) printPlain(prec int) row {
 	fmt.Printf("%-40s", r.name)
 	for _, v := range r.values {
 		if math.IsNaN(v) {
 			fmt.Printf(" %18s", "-")
 			continue
 		}
-		fmt.Printf(" %18.1f", v)
+		fmt.Printf(" %18.*f", prec, v)
 	}
 	fmt.Println()
+	return r
 }
 
 // interleave runs f for every column, round by round (egressd, squid, ..., direct,
@@ -482,12 +493,14 @@ func httpLoadTLS(proxy, target string, clients int, d time.Duration, tlsConfig *
 	}, nil
 }
 
-// tunnelRate opens, uses (one byte each way) and closes tunnels from conc clients for
-// d, and returns tunnels per second.
-func tunnelRate(dial func(string) (net.Conn, error), echo string, conc int, d time.Duration) (float64, error) {
+// tunnelRate opens tunnels to target from conc clients for d, uses each once with
+// use and closes it; it returns tunnels per second and the 99th percentile, in
+// milliseconds, of the time from dialling to the end of use.
+func tunnelRate(dial func(string) (net.Conn, error), target string, conc int, d time.Duration, use func(net.Conn) error) (rate, p99 float64, err error) {
 	deadline := time.Now().Add(d)
 	var (
-		n, errs atomic.Int64
+		mu      sync.Mutex
+		lats    []float64
 		wg      sync.WaitGroup
 		lastErr atomic.Value
 	)
@@ -496,29 +509,66 @@ func tunnelRate(dial func(string) (net.Conn, error), echo string, conc int, d ti
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			one := []byte{'x'}
+			var mine []float64
 			for time.Now().Before(deadline) {
-				c, err := dial(echo)
+				t0 := time.Now()
+				c, err := dial(target)
 				if err != nil {
-					errs.Add(1)
 					lastErr.Store(err)
 					continue
 				}
 				c.SetDeadline(time.Now().Add(5 * time.Second))
-				if _, err := c.Write(one); err == nil {
-					if _, err := io.ReadFull(c, one); err == nil {
-						n.Add(1)
-					}
+				if err := use(c); err != nil {
+					lastErr.Store(err)
+				} else {
+					mine = append(mine, float64(time.Since(t0).Microseconds())/1000)
 				}
 				c.Close()
 			}
+			mu.Lock()
+			lats = append(lats, mine...)
+			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	if n.Load() == 0 {
-		return 0, fmt.Errorf("no tunnel succeeded: %v", lastErr.Load())
+	if len(lats) == 0 {
+		return 0, 0, fmt.Errorf("no tunnel succeeded: %v", lastErr.Load())
 	}
-	return float64(n.Load()) / time.Since(start).Seconds(), nil
+	slices.Sort(lats)
+	return float64(len(lats)) / time.Since(start).Seconds(), lats[len(lats)*99/100], nil
+}
+
+// echoOne sends one byte to an echo server and reads it back.
+func echoOne(c net.Conn) error {
+	one := []byte{'x'}
+	if _, err := c.Write(one); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, one)
+	return err
+}
+
+// oneRequest returns a use that sends one GET to the web server and reads its
+// answer, as a function's short HTTPS call does inside its tunnel.
+func oneRequest(web string) func(net.Conn) error {
+	req := []byte("GET / HTTP/1.1\r\nHost: " + web + "\r\n\r\n")
+	return func(c net.Conn) error {
+		if _, err := c.Write(req); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(bufio.NewReaderSize(c, 1024), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
 }
 
 // idleMemory opens n tunnels through p, leaves them idle, and returns p's resident
@@ -680,6 +730,9 @@ type peer struct {
 	relay map[string]string
 	// connectOnly is set for a proxy that only tunnels: it skips the HTTP workload.
 	connectOnly bool
+	// restart starts a fresh process of the same proxy with its files in dir, for
+	// the burst memory figure; nil for the ceilings, which are not measured there.
+	restart func(dir string, targets []string) (*peer, error)
 }
 
 var errNotInstalled = errors.New("not installed")
@@ -707,17 +760,32 @@ func startEgressd(dir string, targets []string, name, src string) (*peer, error)
 	if err := build.Run(); err != nil {
 		return nil, fmt.Errorf("building egressd (run from the repository root): %w", err)
 	}
+	start := func(dir string, targets []string) (*peer, error) {
+		if err := writeEgressdConfig(dir, targets); err != nil {
+			return nil, err
+		}
+		return startEgressdWith(dir, bin, name)
+	}
+	p, err := start(dir, targets)
+	if p != nil {
+		p.restart = start
+	}
+	return p, err
+}
+
+// writeEgressdConfig writes dir/egressd.yaml with an allowlist of targets.
+func writeEgressdConfig(dir string, targets []string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
 	if err := os.WriteFile(filepath.Join(dir, "allow.txt"), []byte(strings.Join(targets, "\n")+"\n"), 0o644); err != nil {
-		return nil, err
+		return err
 	}
 	// Every target is an IP literal, so nothing is resolved; the upstream is a dead
 	// loopback port all the same, so that a bug could not send a query off the machine.
 	cfg := "proxy:\n  listen: 127.0.0.1:0\n  max_connections: 16384\nmetrics:\n  listen: 127.0.0.1:0\n" +
 		"dns:\n  upstreams: [127.0.0.1:1]\nallowlist: [allow.txt]\n"
-	if err := os.WriteFile(filepath.Join(dir, "egressd.yaml"), []byte(cfg), 0o644); err != nil {
-		return nil, err
-	}
-	return startEgressdWith(dir, bin, name)
+	return os.WriteFile(filepath.Join(dir, "egressd.yaml"), []byte(cfg), 0o644)
 }
 
 // startEgressdWith starts bin on dir's egressd.yaml and waits until it serves.

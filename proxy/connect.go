@@ -1,13 +1,270 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/egressd/egressd/policy"
 )
+
+// A CONNECT is the commonest thing a function sends (every HTTPS call), and the
+// first request of its connection. The accept loop here reads that first request
+// itself, with a small pooled buffer, and opens the tunnel on the accepting
+// goroutine: no net/http connection (two 4 KiB buffers that a hijack never gives
+// back, a background reader, a context), no goproxy context, no hijack. Anything
+// that is not a plain, well-formed CONNECT (plain HTTP, a head too large for the
+// buffer or one net/http would refuse, egressd.internal, a proxy at its connection
+// limit) goes to net/http, and so to goproxy, with the bytes read so far replayed:
+// its answer is the one it always was.
+
+// connectPrefix is how a CONNECT request starts.
+var connectPrefix = []byte("CONNECT ")
+
+// headSize bounds the first request the accept loop reads itself; a longer head goes
+// to net/http, which applies Options.MaxHeaderBytes.
+const headSize = 4 << 10
+
+var headBufs = sync.Pool{New: func() any { b := make([]byte, headSize); return &b }}
+
+// serveConns accepts on ln until it is closed, and reads each connection's first
+// request on a goroutine of its own. Accept errors are retried as net/http's Serve
+// retries them; a permanent one ends the loop, and h passes it on to net/http.
+func (p *Proxy) serveConns(ln net.Listener, h *handoff) {
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			h.stop(err)
+			return
+		}
+		delay = 0
+		// Counted before the next Accept, which waits while the budget is spent.
+		p.reading.Add(1)
+		go p.firstRequest(c, p.acquireSlot(), h)
+	}
+}
+
+// firstRequest serves a connection whose first request is a plain CONNECT, and hands
+// every other connection to net/http.
+func (p *Proxy) firstRequest(c net.Conn, slot *connSlot, h *handoff) {
+	defer p.reading.Add(-1)
+	c.SetReadDeadline(time.Now().Add(p.opts.ReadHeaderTimeout))
+	buf := headBufs.Get().(*[]byte)
+	n, end, err := readHead(c, *buf)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		// What net/http does at its ReadHeaderTimeout: close, with no answer.
+		headBufs.Put(buf)
+		slot.release()
+		c.Close()
+		return
+	}
+	var r *http.Request
+	if end > 0 {
+		r = parseConnect((*buf)[:end])
+	}
+	if r == nil || p.conns.Load() > int64(p.opts.MaxConnections) || isLocalHost(r.URL.Hostname()) {
+		head := bytes.Clone((*buf)[:n])
+		headBufs.Put(buf)
+		slot.release() // net/http counts the connection again
+		c.SetReadDeadline(time.Time{})
+		h.give(&earlyConn{Conn: c, early: head})
+		return
+	}
+	var early []byte
+	if end < n {
+		early = bytes.Clone((*buf)[end:n]) // sent before the 200, such as a TLS ClientHello
+	}
+	headBufs.Put(buf)
+	c.SetReadDeadline(time.Time{})
+	r.RemoteAddr = c.RemoteAddr().String()
+	ex, refusal := p.decideConnect(r, r.URL.Host, slot)
+	if refusal != nil {
+		refusal.Write(c)
+		c.Close()
+		return
+	}
+	if early != nil {
+		c = &earlyConn{Conn: c, early: early}
+	}
+	p.startTunnel(ex, c)
+}
+
+// readHead reads from c into buf while what it has read can be the start of a
+// CONNECT request, until a whole head (ended by an empty line) is in buf. It returns
+// the bytes read and where the head ends: 0 if they are not a whole CONNECT head.
+func readHead(c net.Conn, buf []byte) (n, end int, err error) {
+	for n < len(buf) {
+		var m int
+		m, err = c.Read(buf[n:])
+		n += m
+		if !bytes.HasPrefix(connectPrefix, buf[:min(n, len(connectPrefix))]) {
+			return n, 0, nil
+		}
+		if end = headEnd(buf[:n]); end > 0 || err != nil {
+			return n, end, err
+		}
+	}
+	return n, 0, nil
+}
+
+// headEnd returns the length of the head in b, through the empty line that ends
+// it (a line ends with LF or CRLF, as net/textproto reads it), or 0.
+func headEnd(b []byte) int {
+	for i := bytes.IndexByte(b, '\n'); i >= 0; {
+		rest := b[i+1:]
+		switch {
+		case len(rest) > 0 && rest[0] == '\n':
+			return i + 2
+		case len(rest) > 1 && rest[0] == '\r' && rest[1] == '\n':
+			return i + 3
+		}
+		j := bytes.IndexByte(rest, '\n')
+		if j < 0 {
+			return 0
+		}
+		i += 1 + j
+	}
+	return 0
+}
+
+// parseConnect parses head with net/http's own parser and returns the request if it
+// is a CONNECT that net/http's server would pass to its handler as it is: HTTP/1,
+// no body, no Expect, one valid Host at most, valid header names and values, and the
+// parser used exactly head. Anything else is nil, for net/http to answer.
+func parseConnect(head []byte) *http.Request {
+	hr := headReaders.Get().(*headReader)
+	defer headReaders.Put(hr)
+	hr.src.Reset(head)
+	hr.br.Reset(&hr.src)
+	r, err := http.ReadRequest(&hr.br)
+	if err != nil || hr.br.Buffered() > 0 || hr.src.Len() > 0 {
+		return nil
+	}
+	if r.Method != http.MethodConnect || r.ProtoMajor != 1 || r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
+		return nil
+	}
+	if _, ok := r.Header["Expect"]; ok {
+		return nil
+	}
+	if hosts := r.Header["Host"]; len(hosts) > 1 || len(hosts) == 1 && !httpguts.ValidHostHeader(hosts[0]) {
+		return nil
+	}
+	for name, values := range r.Header {
+		if !httpguts.ValidHeaderFieldName(name) {
+			return nil
+		}
+		for _, v := range values {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return nil
+			}
+		}
+	}
+	delete(r.Header, "Host") // as net/http's server does
+	return r
+}
+
+// headReader parses a head already in memory.
+type headReader struct {
+	src bytes.Reader
+	br  bufio.Reader
+}
+
+var headReaders = sync.Pool{New: func() any {
+	hr := &headReader{}
+	hr.br = *bufio.NewReaderSize(&hr.src, headSize)
+	return hr
+}}
+
+func isLocalHost(host string) bool {
+	return strings.EqualFold(strings.TrimSuffix(host, "."), LocalHost)
+}
+
+// handoff is the listener net/http serves: the connections the accept loop leaves
+// to it. Closing it (net/http does, at Shutdown) closes the real listener.
+type handoff struct {
+	ln    net.Listener
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+	err   error // why it stopped; set before done is closed
+}
+
+func newHandoff(ln net.Listener) *handoff {
+	return &handoff{ln: ln, conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (h *handoff) Accept() (net.Conn, error) {
+	select {
+	case c := <-h.conns:
+		return c, nil
+	case <-h.done:
+		return nil, h.err
+	}
+}
+
+func (h *handoff) Close() error {
+	h.stop(net.ErrClosed)
+	return h.ln.Close()
+}
+
+func (h *handoff) Addr() net.Addr { return h.ln.Addr() }
+
+func (h *handoff) stop(err error) {
+	h.once.Do(func() {
+		h.err = err
+		close(h.done)
+	})
+}
+
+// give hands c to net/http, or closes it once the listener is closed.
+func (h *handoff) give(c net.Conn) {
+	select {
+	case h.conns <- c:
+	case <-h.done:
+		c.Close()
+	}
+}
+
+// decideConnect decides a CONNECT to hostport. It returns the exchange and, for a
+// target that may not be reached, the answer to write before closing the connection
+// (the exchange is then finished). slot is the connection's place under
+// MaxConnections, if it holds one already.
+func (p *Proxy) decideConnect(r *http.Request, hostport string, slot *connSlot) (ex *exchange, refusal *http.Response) {
+	ex = p.newExchange(kindConnect, r)
+	ex.slot = slot
+	ex.target = hostport
+	host, port, err := policy.SplitTarget(hostport, 0)
+	if err != nil {
+		return ex, ex.refuseConnect(r, ex.badRequest(r, err))
+	}
+	d, ok := ex.decide(host, port)
+	if !ok {
+		return ex, ex.refuseConnect(r, ex.deny(r, d))
+	}
+	if !d.Allow && (d.Reason == policy.ReasonInvalidHost || d.Reason == policy.ReasonNonCanonicalIP) {
+		ex.decision = decisionDeny // report mode lets denials through, but no target of this kind
+		return ex, ex.refuseConnect(r, ex.deny(r, d))
+	}
+	return ex, nil
+}
 
 // refuseConnect turns an answer of egressd's own into goproxy's rejection of a
 // CONNECT, which it writes (status line as given) on the hijacked connection before
@@ -29,7 +286,9 @@ func (ex *exchange) refuseConnect(r *http.Request, resp *http.Response) *http.Re
 // (grown by parsing and dialling), the request, or net/http's buffers. The tunnel
 // owns ex from then on and finishes it when it ends.
 func (p *Proxy) startTunnel(ex *exchange, client net.Conn) {
-	ex.slot = p.acquireSlot()
+	if ex.slot == nil {
+		ex.slot = p.acquireSlot()
+	}
 	upstream, err := p.dialer.Dial(context.Background(), ex.host, ex.port)
 	if err != nil {
 		ex.refuseTunnel(client, err)

@@ -478,6 +478,9 @@ func (w *clientWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if ec, ok := c.(*earlyConn); ok && len(ec.early) == 0 {
+		c = ec.Conn // replayed to net/http by the accept loop, all of it read
+	}
 	w.hijacked = c
 	if n := rw.Reader.Buffered(); n > 0 {
 		early := make([]byte, n)

@@ -32,7 +32,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 
 	"github.com/elazarl/goproxy"
 
@@ -75,7 +74,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.opts.LocalHandler.ServeHTTP(w, r)
 		return
 	}
-	if strings.EqualFold(strings.TrimSuffix(r.URL.Hostname(), "."), LocalHost) {
+	if isLocalHost(r.URL.Hostname()) {
 		p.serveLocal(w, r)
 		return
 	}
@@ -204,27 +203,16 @@ func (p *Proxy) roundTrip(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Respons
 	return ex.answer(resp), nil
 }
 
-// onConnect decides a CONNECT request. A denial is a 403 written before any tunnel,
-// after which goproxy closes the client connection; an allowed target is served by
-// startTunnel on the hijacked connection.
+// onConnect decides a CONNECT request that net/http read (one that came after
+// another request on its connection, or that the first-request reader in connect.go
+// left to net/http). A denial is a 403 written before any tunnel, after which goproxy
+// closes the client connection; an allowed target is served by startTunnel on the
+// hijacked connection.
 func (p *Proxy) onConnect(hostport string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
-	r := ctx.Req
-	ex := p.newExchange(kindConnect, r)
+	ex, refusal := p.decideConnect(ctx.Req, hostport, nil)
 	ctx.UserData = ex
-	ex.target = hostport
-	host, port, err := policy.SplitTarget(hostport, 0)
-	if err != nil {
-		ctx.Resp = ex.refuseConnect(r, ex.badRequest(r, err))
-		return goproxy.RejectConnect, hostport
-	}
-	d, ok := ex.decide(host, port)
-	if !ok {
-		ctx.Resp = ex.refuseConnect(r, ex.deny(r, d))
-		return goproxy.RejectConnect, hostport
-	}
-	if !d.Allow && (d.Reason == policy.ReasonInvalidHost || d.Reason == policy.ReasonNonCanonicalIP) {
-		ex.decision = decisionDeny // report mode lets denials through, but no target of this kind
-		ctx.Resp = ex.refuseConnect(r, ex.deny(r, d))
+	if refusal != nil {
+		ctx.Resp = refusal
 		return goproxy.RejectConnect, hostport
 	}
 	return connectHijack, hostport

@@ -107,8 +107,10 @@ type Proxy struct {
 	// one line a second.
 	acceptWarned atomic.Int64
 	// tunnelsLive counts tunnels from their start until their access log line is
-	// written: what a shutdown waits for.
+	// written, and reading the connections whose first request the accept loop is
+	// reading: what a shutdown waits for.
 	tunnelsLive atomic.Int64
+	reading     atomic.Int64
 	ready       atomic.Bool
 	mu          sync.Mutex
 	transparent []net.Listener // closed by Shutdown
@@ -239,7 +241,9 @@ func (p *Proxy) Serve(ln net.Listener) error {
 	defer stopPrune()
 	p.ready.Store(true)
 	defer p.ready.Store(false)
-	return p.srv.Serve(ln)
+	h := newHandoff(ln)
+	go p.serveConns(ln, h)
+	return p.srv.Serve(h)
 }
 
 // every runs f every d on a goroutine of its own until the returned stop is called.
@@ -304,7 +308,7 @@ func (p *Proxy) close() {
 func (p *Proxy) waitTunnels(ctx context.Context) {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for p.tunnelsLive.Load() > 0 && ctx.Err() == nil {
+	for p.tunnelsLive.Load()+p.reading.Load() > 0 && ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
 		case <-tick.C:
