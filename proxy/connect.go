@@ -164,7 +164,7 @@ func parseConnect(head []byte) *http.Request {
 	if _, ok := r.Header["Expect"]; ok {
 		return nil
 	}
-	if hosts := r.Header["Host"]; len(hosts) > 1 || len(hosts) == 1 && !httpguts.ValidHostHeader(hosts[0]) {
+	if !hostHeadersValid(head) { // ReadRequest has removed them from r.Header
 		return nil
 	}
 	for name, values := range r.Header {
@@ -177,8 +177,22 @@ func parseConnect(head []byte) *http.Request {
 			}
 		}
 	}
-	delete(r.Header, "Host") // as net/http's server does
 	return r
+}
+
+// hostHeadersValid reports whether every Host header line in a head that
+// http.ReadRequest accepted has a value net/http's server accepts.
+func hostHeadersValid(head []byte) bool {
+	_, rest, _ := bytes.Cut(head, []byte("\n")) // the request line
+	for len(rest) > 0 {
+		var line []byte
+		line, rest, _ = bytes.Cut(rest, []byte("\n"))
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if ok && bytes.EqualFold(name, []byte("Host")) && !httpguts.ValidHostHeader(string(bytes.Trim(value, " \t\r"))) {
+			return false
+		}
+	}
+	return true
 }
 
 // headReader parses a head already in memory.

@@ -3,13 +3,17 @@
 // reached, and moves the bytes of those it allows.
 //
 // A request reads in three files, from the listener to the relay:
-//   - goproxy.go: the entry point and egressd's one contact with goproxy. The
+//   - connect.go: the accept loop. A connection whose first request is a plain
+//     CONNECT (what every HTTPS call of a function opens with) is decided and
+//     tunnelled there, on the accepting goroutine; any other goes to net/http with
+//     the bytes read so far replayed.
+//   - goproxy.go: net/http's handler and egressd's one contact with goproxy. The
 //     handlers decide each target against the policy and put the exchange (the
 //     request's state, exchange.go) in goproxy's ProxyCtx.UserData.
 //   - upstream.go: plain HTTP goes to its origin through one HTTP/1.1 client with
 //     kept connections, dialled by the dialer package (resolve once, check every
 //     address, dial only a checked one); answers are bounded and streamed.
-//   - tunnel.go, after connect.go has dialled: CONNECT tunnels relay raw TCP,
+//   - tunnel.go, after startTunnel (connect.go) has dialled: CONNECT tunnels relay raw TCP,
 //     small pieces with read and write, bulk transfers with Linux splice, and
 //     half-close.
 //
