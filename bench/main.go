@@ -109,19 +109,20 @@ func bench(s settings) error {
 	defer os.RemoveAll(dir)
 	os.Chmod(dir, 0o777) // squid drops to its own user and writes its logs here
 
-	sink, err := startSink()
+	sinks, err := startSink()
 	if err != nil {
 		return err
 	}
-	echo, err := startEcho()
+	echos, err := startEcho()
 	if err != nil {
 		return err
 	}
-	web, err := startWeb()
+	webs, err := startWeb()
 	if err != nil {
 		return err
 	}
-	targets := []string{sink, echo, web}
+	sink, echo, web := sinks[0], echos[0], webs[0]
+	targets := slices.Concat(sinks, echos, webs) // the relays take the last originAddrs for the web server's
 	var peers []*peer
 	e, err := startEgressd(dir, targets, "egressd", ".")
 	if err != nil {
@@ -231,17 +232,17 @@ func bench(s settings) error {
 	if s.runs("tunnels") {
 		for _, w := range []struct {
 			name, rate, p99, cpu string
-			target               string
-			use                  func(net.Conn) error
+			targets              []string
+			use                  func(net.Conn, string) error
 		}{
-			{"one HTTP request", rowTunnelRate, rowTunnelP99, rowCPUPerTunnel, web, oneRequest(web)},
-			{"one byte echoed", "", "", "", echo, echoOne},
+			{"one HTTP request", rowTunnelRate, rowTunnelP99, rowCPUPerTunnel, webs, oneRequest},
+			{"one byte echoed", "", "", "", echos, echoOne},
 		} {
 			cpu := map[string][]float64{}
 			p99 := map[string][]float64{}
 			r := interleave(s.rounds, fmt.Sprintf("new tunnels/s, %s (%d clients)", w.name, s.tunnelConc), columns, func(p *peer) (float64, error) {
 				before := p.cpuSeconds()
-				rate, tail, err := tunnelRate(p.dial, w.target, s.tunnelConc, s.duration, w.use)
+				rate, tail, err := tunnelRate(p.dial, w.targets, s.tunnelConc, s.duration, w.use)
 				p99[p.name] = append(p99[p.name], tail)
 				if used := p.cpuSeconds() - before; p.cmd != nil && rate > 0 {
 					cpu[p.name] = append(cpu[p.name], used/(rate*s.duration.Seconds())*1e6)
@@ -493,15 +494,21 @@ func httpLoadTLS(proxy, target string, clients int, d time.Duration, tlsConfig *
 	}, nil
 }
 
-// tunnelRate opens tunnels to target from conc clients for d, uses each once with
-// use and closes it; it returns tunnels per second and the 99th percentile, in
-// milliseconds, of the time from dialling to the end of use.
-func tunnelRate(dial func(string) (net.Conn, error), target string, conc int, d time.Duration, use func(net.Conn) error) (rate, p99 float64, err error) {
+// tunnelRate opens tunnels from conc clients for d, to the targets in turn, uses
+// each once with use and closes it; it returns tunnels per second and the 99th
+// percentile, in milliseconds, of the time from dialling to the end of use.
+//
+// The targets are one server on several loopback addresses: a proxy that closes its
+// upstream connection first keeps it in TIME_WAIT for a minute, and tens of
+// thousands of connections a round to one address would leave too few free ports
+// towards it, so that every connect() would pay the kernel's search for one.
+func tunnelRate(dial func(string) (net.Conn, error), targets []string, conc int, d time.Duration, use func(net.Conn, string) error) (rate, p99 float64, err error) {
 	deadline := time.Now().Add(d)
 	var (
 		mu      sync.Mutex
 		lats    []float64
 		wg      sync.WaitGroup
+		next    atomic.Int64
 		lastErr atomic.Value
 	)
 	start := time.Now()
@@ -511,6 +518,7 @@ func tunnelRate(dial func(string) (net.Conn, error), target string, conc int, d 
 			defer wg.Done()
 			var mine []float64
 			for time.Now().Before(deadline) {
+				target := targets[next.Add(1)%int64(len(targets))]
 				t0 := time.Now()
 				c, err := dial(target)
 				if err != nil {
@@ -518,7 +526,7 @@ func tunnelRate(dial func(string) (net.Conn, error), target string, conc int, d 
 					continue
 				}
 				c.SetDeadline(time.Now().Add(5 * time.Second))
-				if err := use(c); err != nil {
+				if err := use(c, target); err != nil {
 					lastErr.Store(err)
 				} else {
 					mine = append(mine, float64(time.Since(t0).Microseconds())/1000)
@@ -539,7 +547,7 @@ func tunnelRate(dial func(string) (net.Conn, error), target string, conc int, d 
 }
 
 // echoOne sends one byte to an echo server and reads it back.
-func echoOne(c net.Conn) error {
+func echoOne(c net.Conn, _ string) error {
 	one := []byte{'x'}
 	if _, err := c.Write(one); err != nil {
 		return err
@@ -548,27 +556,24 @@ func echoOne(c net.Conn) error {
 	return err
 }
 
-// oneRequest returns a use that sends one GET to the web server and reads its
-// answer, as a function's short HTTPS call does inside its tunnel.
-func oneRequest(web string) func(net.Conn) error {
-	req := []byte("GET / HTTP/1.1\r\nHost: " + web + "\r\n\r\n")
-	return func(c net.Conn) error {
-		if _, err := c.Write(req); err != nil {
-			return err
-		}
-		resp, err := http.ReadResponse(bufio.NewReaderSize(c, 1024), nil)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-			return err
-		}
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("status %d", resp.StatusCode)
-		}
-		return nil
+// oneRequest sends one GET to the web server at target and reads its answer, as a
+// function's short HTTPS call does inside its tunnel.
+func oneRequest(c net.Conn, target string) error {
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: "+target+"\r\n\r\n"); err != nil {
+		return err
 	}
+	resp, err := http.ReadResponse(bufio.NewReaderSize(c, 1024), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
 }
 
 // idleMemory opens n tunnels through p, leaves them idle, and returns p's resident
@@ -664,9 +669,12 @@ func rss(pid int) (int64, error) {
 	return 0, errors.New("no VmRSS in /proc/PID/status")
 }
 
+// originAddrs is how many loopback addresses each origin listens on (see tunnelRate).
+const originAddrs = 8
+
 // startSink serves connections that read an 8-byte length, then that many bytes,
 // and answer the count.
-func startSink() (string, error) {
+func startSink() ([]string, error) {
 	return serveTCP(func(c net.Conn) {
 		var hdr [8]byte
 		if _, err := io.ReadFull(c, hdr[:]); err != nil {
@@ -680,43 +688,79 @@ func startSink() (string, error) {
 }
 
 // startEcho serves connections that echo what they read.
-func startEcho() (string, error) {
+func startEcho() ([]string, error) {
 	return serveTCP(func(c net.Conn) { io.Copy(c, c) })
 }
 
-func serveTCP(handle func(net.Conn)) (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func serveTCP(handle func(net.Conn)) ([]string, error) {
+	lns, err := listenLoopback()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
+	var addrs []string
+	for _, ln := range lns {
+		addrs = append(addrs, ln.Addr().String())
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					handle(c)
+				}()
 			}
-			go func() {
-				defer c.Close()
-				handle(c)
-			}()
+		}()
+	}
+	return addrs, nil
+}
+
+// listenLoopback listens on one port of 127.0.0.1 to 127.0.0.originAddrs, trying
+// a few ports until one is free on every address.
+func listenLoopback() ([]net.Listener, error) {
+	var lastErr error
+	for range 20 {
+		first, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
 		}
-	}()
-	return ln.Addr().String(), nil
+		_, port, _ := net.SplitHostPort(first.Addr().String())
+		lns := []net.Listener{first}
+		for i := 2; i <= originAddrs && err == nil; i++ {
+			var ln net.Listener
+			if ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.%d:%s", i, port)); err == nil {
+				lns = append(lns, ln)
+			}
+		}
+		if err == nil {
+			return lns, nil
+		}
+		lastErr = err
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	return nil, lastErr
 }
 
 // startWeb serves a small HTTP answer.
-func startWeb() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func startWeb() ([]string, error) {
+	lns, err := listenLoopback()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	body := []byte(strings.Repeat("x", 128))
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		w.Write(body)
 	})}
-	go srv.Serve(ln)
-	return ln.Addr().String(), nil
+	var addrs []string
+	for _, ln := range lns {
+		addrs = append(addrs, ln.Addr().String())
+		go srv.Serve(ln)
+	}
+	return addrs, nil
 }
 
 // peer is a proxy under test: its name, its address, and its process. The direct

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -34,17 +35,30 @@ func waitListening(addr string, p *peer) error {
 	return fmt.Errorf("%s did not listen on %s within 10 s", p.name, addr)
 }
 
+// hosts are the targets' addresses, each once.
+func hosts(targets []string) []string {
+	var out []string
+	for _, t := range targets {
+		if h, _, _ := net.SplitHostPort(t); !slices.Contains(out, h) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// ports are the targets' ports, each once.
 func ports(targets []string) []string {
 	var out []string
 	for _, t := range targets {
-		_, p, _ := net.SplitHostPort(t)
-		out = append(out, p)
+		if _, p, _ := net.SplitHostPort(t); !slices.Contains(out, p) {
+			out = append(out, p)
+		}
 	}
 	return out
 }
 
 // startSquid runs Debian's squid in the foreground with the same allowlist: the
-// three loopback targets, nothing else; no cache; an access log, as egressd keeps one.
+// loopback targets, nothing else; no cache; an access log, as egressd keeps one.
 func startSquid(dir string, targets []string) (*peer, error) {
 	bin, err := exec.LookPath("squid")
 	if err != nil {
@@ -66,15 +80,15 @@ cache deny all
 cache_mem 8 MB
 max_filedescriptors 16384
 shutdown_lifetime 1 second
-acl targets dst 127.0.0.1/32
+acl targets dst %s
 acl target_ports port %s
 http_access allow targets target_ports
 http_access deny all
-`, addr, sd, sd, sd, sd, strings.Join(ports(targets), " "))
+`, addr, sd, sd, sd, sd, strings.Join(hosts(targets), " "), strings.Join(ports(targets), " "))
 	return runPeer("squid", addr, sd, conf, bin, "-N", "-f")
 }
 
-// startTinyproxy runs Debian's tinyproxy in the foreground, allowing only the three
+// startTinyproxy runs Debian's tinyproxy in the foreground, allowing only the
 // loopback targets (a default-deny filter) and their ports for CONNECT.
 func startTinyproxy(dir string, targets []string) (*peer, error) {
 	bin, err := exec.LookPath("tinyproxy")
@@ -90,7 +104,7 @@ func startTinyproxy(dir string, targets []string) (*peer, error) {
 	os.MkdirAll(td, 0o777)
 	os.Chmod(td, 0o777)
 	filter := filepath.Join(td, "filter")
-	if err := os.WriteFile(filter, []byte(`^127\.0\.0\.1$`+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(filter, []byte(fmt.Sprintf("^127\\.0\\.0\\.[1-%d]$\n", originAddrs)), 0o644); err != nil {
 		return nil, err
 	}
 	var connect []string
@@ -166,7 +180,7 @@ func startHAProxy(dir string, targets []string) (*peer, error) {
 	b.WriteString("global\n  nbthread 2\n  maxconn 4096\ndefaults\n  timeout connect 5s\n  timeout client 10m\n  timeout server 10m\n  option splice-auto\n")
 	for i, t := range targets {
 		mode, reuse := "tcp", ""
-		if i == len(targets)-1 {
+		if i >= len(targets)-originAddrs { // the web server's
 			mode, reuse = "http", "  http-reuse always\n"
 		}
 		fmt.Fprintf(&b, "frontend f%d\n  mode %s\n  bind %s\n  default_backend b%d\nbackend b%d\n  mode %s\n%s  server s %s\n",
@@ -197,10 +211,15 @@ func startNginx(dir string, targets []string) (*peer, error) {
 	}
 	nd := filepath.Join(dir, "nginx")
 	os.MkdirAll(nd, 0o755)
-	last := len(targets) - 1
-	var streams strings.Builder
-	for i, t := range targets[:last] {
-		fmt.Fprintf(&streams, "  server { listen %s; proxy_pass %s; proxy_buffer_size 1m; }\n", addrs[i], t)
+	webFrom := len(targets) - originAddrs // the web server's addresses are the last
+	var streams, webs strings.Builder
+	for i, t := range targets {
+		if i < webFrom {
+			fmt.Fprintf(&streams, "  server { listen %s; proxy_pass %s; proxy_buffer_size 1m; }\n", addrs[i], t)
+			continue
+		}
+		fmt.Fprintf(&webs, "  upstream web%d { server %s; keepalive 16; }\n", i, t)
+		fmt.Fprintf(&webs, "  server { listen %s; location / { proxy_pass http://web%d; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }\n", addrs[i], i)
 	}
 	conf := fmt.Sprintf(`load_module %s;
 worker_processes 2;
@@ -212,13 +231,8 @@ stream {
 %s}
 http {
   access_log off;
-  upstream web { server %s; keepalive 128; }
-  server {
-    listen %s;
-    location / { proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-`, streamModule, nd, nd, streams.String(), targets[last], addrs[last])
+%s}
+`, streamModule, nd, nd, streams.String(), webs.String())
 	p, err := runPeer("nginx*", addrs[0], nd, conf, bin, "-e", filepath.Join(nd, "error.log"), "-p", nd, "-c")
 	if p != nil {
 		p.relay = relay

@@ -13,7 +13,7 @@ import (
 const smokescreenVersion = "github.com/stripe/smokescreen@v0.1.0"
 
 // startSmokescreen builds Stripe's Smokescreen (go install, from the module proxy)
-// and runs it with only the three loopback targets allowed (--allow-address; with no
+// and runs it with only the loopback targets allowed (--allow-address; with no
 // egress ACL file it would allow public hosts too, which the bench never asks for),
 // its resolver a dead loopback port, and its log (one line per request) in a file.
 func startSmokescreen(dir string, targets []string) (*peer, error) {

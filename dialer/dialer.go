@@ -292,9 +292,14 @@ func (d *Dialer) Dial(ctx context.Context, host string, port uint16) (*net.TCPCo
 
 // dialTCP connects with no TCP keep-alive: Go's default costs four setsockopt calls
 // per connection, and a connection that goes quiet is closed by an idle timeout anyway.
+// It dials the address as it is (DialTCP), not a string that net would parse again.
 func dialTCP(ctx context.Context, ap netip.AddrPort) (net.Conn, error) {
 	nd := net.Dialer{KeepAlive: -1}
-	return nd.DialContext(ctx, "tcp", ap.String())
+	c, err := nd.DialTCP(ctx, "tcp", netip.AddrPort{}, ap)
+	if err != nil {
+		return nil, err // not a nil *TCPConn in a non-nil net.Conn
+	}
+	return c, nil
 }
 
 func classify(target string, err error) *Error {

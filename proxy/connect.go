@@ -337,7 +337,7 @@ func (p *Proxy) relay(ex *exchange, client net.Conn, upstream *net.TCPConn) {
 			return
 		}
 	}
-	t := &tunnel{client: client, upstream: upstream, host: ex.host, port: ex.port, ex: ex, end: p.endTunnel, halfClose: p.opts.HalfCloseTimeout}
+	t := &tunnel{client: client, upstream: upstream, host: ex.host, port: ex.port, ex: ex, end: p.endTunnel}
 	p.tunnels.add(t)
 	p.tunnelsLive.Add(1)
 	p.metrics.tunnelsActive.Inc()

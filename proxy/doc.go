@@ -2,7 +2,7 @@
 // and CONNECT tunnels from function pods, asks the policy whether each target may be
 // reached, and moves the bytes of those it allows.
 //
-// A request reads in three files, from the listener to the relay:
+// A request reads from the listener to the relay in these files:
 //   - connect.go: the accept loop. A connection whose first request is a plain
 //     CONNECT (what every HTTPS call of a function opens with) is decided and
 //     tunnelled there, on the accepting goroutine; any other goes to net/http with

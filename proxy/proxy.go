@@ -235,7 +235,7 @@ func (p *Proxy) Serve(ln net.Listener) error {
 	}
 	p.dialer.AddOwn(ln.Addr())
 	ln = &acceptLimiter{Listener: ln, p: p}
-	stop := p.tunnels.sweepIdle(p.opts.IdleTimeout, p.metrics, p.log)
+	stop := p.tunnels.sweep(p.opts.IdleTimeout, p.opts.HalfCloseTimeout, p.metrics, p.log)
 	defer stop()
 	stopPrune := every(min(max(p.opts.IdleTimeout/2, 10*time.Millisecond), 30*time.Second), p.upstreams.prune)
 	defer stopPrune()

@@ -34,14 +34,13 @@ type tunnel struct {
 	port     uint16
 	ex       *exchange
 	end      func(*tunnel) // called once, by the copier that finishes last
-	// halfClose bounds how long one direction may go on after the other ended.
-	halfClose time.Duration
 
-	up, down   int64        // bytes moved, each written by its own copier
-	running    atomic.Int32 // copiers still running
-	reason     atomic.Pointer[string]
-	halfClosed *time.Timer // armed when the first copier ends
-	timerMu    sync.Mutex
+	up, down int64        // bytes moved, each written by its own copier
+	running  atomic.Int32 // copiers still running
+	reason   atomic.Pointer[string]
+	// halfClosedAt is when the first copier ended (UnixNano), 0 before: the sweep
+	// closes a tunnel left half-closed for Options.HalfCloseTimeout.
+	halfClosedAt atomic.Int64
 }
 
 // start runs the two copiers, each on a goroutine of its own.
@@ -54,27 +53,25 @@ func (t *tunnel) start() {
 // copyClientToUpstream and copyUpstreamToClient are the tunnel's goroutines, named
 // so that a goroutine dump says what they are.
 func copyClientToUpstream(t *tunnel) {
-	t.up = halfCopy(t.upstream, t.client)
+	t.up = halfCopy(t.upstream, t.client, t.otherDone)
 	t.copierDone()
 }
 
 func copyUpstreamToClient(t *tunnel) {
-	t.down = halfCopy(t.client, t.upstream)
+	t.down = halfCopy(t.client, t.upstream, t.otherDone)
 	t.copierDone()
 }
+
+// otherDone reports, to a copier that has finished copying, whether the other one
+// has ended too: then the tunnel closes at once, and a half-close first would be one
+// system call for nothing.
+func (t *tunnel) otherDone() bool { return t.running.Load() == 1 }
 
 func (t *tunnel) copierDone() {
 	switch t.running.Add(-1) {
 	case 1:
-		t.timerMu.Lock()
-		t.halfClosed = time.AfterFunc(t.halfClose, func() { t.close(closeHalfClosed) })
-		t.timerMu.Unlock()
+		t.halfClosedAt.Store(time.Now().UnixNano())
 	case 0:
-		t.timerMu.Lock()
-		if t.halfClosed != nil {
-			t.halfClosed.Stop()
-		}
-		t.timerMu.Unlock()
 		t.close(closeDone)
 		t.end(t)
 	}
@@ -84,11 +81,14 @@ func (t *tunnel) copierDone() {
 type closeWriter interface{ CloseWrite() error }
 
 // halfCopy copies src to dst until src ends. A clean end (EOF) is passed on as a
-// half-close, so the other direction keeps going; an error ends both.
-func halfCopy(dst, src net.Conn) int64 {
+// half-close, so the other direction keeps going, unless last says that it has
+// ended already; an error ends both.
+func halfCopy(dst, src net.Conn, last func() bool) int64 {
 	n, err := relay(dst, src)
 	if cw, ok := dst.(closeWriter); ok && err == nil {
-		cw.CloseWrite()
+		if !last() {
+			cw.CloseWrite()
+		}
 		return n
 	}
 	dst.Close()
@@ -245,13 +245,20 @@ func (s *tunnelSet) closeAll(reason string) int {
 	return n
 }
 
-// sweepIdle closes, every so often, the tunnels that have moved no byte in either
-// direction for idle. It reads the kernel's own record of the client socket's last
-// data sent and received (TCP_INFO), which covers both directions, so the copy
-// loops stay plain splices with no per-byte bookkeeping. It returns a stop function.
-func (s *tunnelSet) sweepIdle(idle time.Duration, m *metrics, log *slog.Logger) (stop func()) {
-	return every(min(max(idle/4, 10*time.Millisecond), time.Second), func() {
+// sweep closes, every so often, the tunnels that have moved no byte in either
+// direction for idle, and those left half-closed for halfClosed. It reads the
+// kernel's own record of the client socket's last data sent and received (TCP_INFO),
+// which covers both directions, so the copy loops stay plain splices with no
+// per-byte bookkeeping, and no tunnel needs a timer of its own. It returns a stop
+// function.
+func (s *tunnelSet) sweep(idle, halfClosed time.Duration, m *metrics, log *slog.Logger) (stop func()) {
+	return every(min(max(min(idle, halfClosed)/4, 10*time.Millisecond), time.Second), func() {
+		now := time.Now().UnixNano()
 		s.each(func(t *tunnel) {
+			if at := t.halfClosedAt.Load(); at != 0 && now-at >= int64(halfClosed) {
+				t.close(closeHalfClosed)
+				return
+			}
 			if quiet, ok := quietFor(t.client); ok && quiet >= idle {
 				log.Debug("tunnel idle", "target", t.host, "quiet", quiet)
 				t.close(closeIdle)
