@@ -292,14 +292,14 @@ func (d *Dialer) Dial(ctx context.Context, host string, port uint16) (*net.TCPCo
 
 // dialTCP connects with no TCP keep-alive: Go's default costs four setsockopt calls
 // per connection, and a connection that goes quiet is closed by an idle timeout anyway.
-// It dials the address as it is (DialTCP), not a string that net would parse again.
+//
+// Not net.Dialer.DialTCP: with no local address it binds to port 0 before
+// connecting, and a port so bound must be free towards every destination, not just
+// this one: under load the proxy runs out of ports ("bind: address already in use")
+// while connect() alone would still find one.
 func dialTCP(ctx context.Context, ap netip.AddrPort) (net.Conn, error) {
 	nd := net.Dialer{KeepAlive: -1}
-	c, err := nd.DialTCP(ctx, "tcp", netip.AddrPort{}, ap)
-	if err != nil {
-		return nil, err // not a nil *TCPConn in a non-nil net.Conn
-	}
-	return c, nil
+	return nd.DialContext(ctx, "tcp", ap.String())
 }
 
 func classify(target string, err error) *Error {
