@@ -104,7 +104,7 @@ func (p *Proxy) firstRequest(c net.Conn, slot *connSlot, h *handoff) {
 	if early != nil {
 		c = &earlyConn{Conn: c, early: early}
 	}
-	p.startTunnel(ex, c, true)
+	p.startTunnel(ex, c)
 }
 
 // readHead reads from c into buf while what it has read can be the start of a
@@ -299,7 +299,7 @@ func (ex *exchange) refuseConnect(r *http.Request, resp *http.Response) *http.Re
 // idle tunnel so keeps only two shallow stacks alive, not the handler's deep one
 // (grown by parsing and dialling), the request, or net/http's buffers. The tunnel
 // owns ex from then on and finishes it when it ends.
-func (p *Proxy) startTunnel(ex *exchange, client net.Conn, here bool) {
+func (p *Proxy) startTunnel(ex *exchange, client net.Conn) {
 	if ex.slot == nil {
 		ex.slot = p.acquireSlot()
 	}
@@ -319,13 +319,13 @@ func (p *Proxy) startTunnel(ex *exchange, client net.Conn, here bool) {
 	}
 	ex.status = http.StatusOK
 	ex.answered()
-	p.relay(ex, client, upstream, here)
+	p.relay(ex, client, upstream)
 }
 
 // relay hands client and upstream to a tunnel: the bytes the client sent early (an
 // earlyConn) go upstream first, then two copiers move the rest. The tunnel owns ex
 // from then on and finishes it when it ends.
-func (p *Proxy) relay(ex *exchange, client net.Conn, upstream *net.TCPConn, here bool) {
+func (p *Proxy) relay(ex *exchange, client net.Conn, upstream *net.TCPConn) {
 	if ec, ok := client.(*earlyConn); ok {
 		client = ec.Conn
 		n, err := upstream.Write(ec.early)
@@ -341,7 +341,7 @@ func (p *Proxy) relay(ex *exchange, client net.Conn, upstream *net.TCPConn, here
 	p.tunnels.add(t)
 	p.tunnelsLive.Add(1)
 	p.metrics.tunnelsActive.Inc()
-	t.start(here)
+	t.start()
 }
 
 // endTunnel runs once, when both directions of t have ended.

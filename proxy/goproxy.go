@@ -227,7 +227,7 @@ var connectHijack = &goproxy.ConnectAction{
 			client.Close()
 			panic(err) // unreachable: onConnect always sets it; net/http recovers and logs
 		}
-		ex.p.startTunnel(ex, client, false)
+		ex.p.startTunnel(ex, client)
 	},
 }
 

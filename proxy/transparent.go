@@ -137,7 +137,7 @@ func (p *Proxy) serveIntercepted(c *net.TCPConn) {
 	}
 	ex.status = http.StatusOK
 	ex.answered()
-	p.relay(ex, &earlyConn{Conn: c, early: seen}, upstream, true)
+	p.relay(ex, &earlyConn{Conn: c, early: seen}, upstream)
 }
 
 // tlsAlert is a fatal access_denied alert, the cheap refusal of a TLS client.

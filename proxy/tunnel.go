@@ -43,16 +43,11 @@ type tunnel struct {
 	halfClosedAt atomic.Int64
 }
 
-// start runs the two copiers: with here, the client's on the calling goroutine,
-// which start then returns with the tunnel; otherwise each on a goroutine of its own.
-func (t *tunnel) start(here bool) {
+// start runs the two copiers, each on a goroutine of its own.
+func (t *tunnel) start() {
 	t.running.Store(2)
-	go copyUpstreamToClient(t)
-	if here {
-		copyClientToUpstream(t)
-		return
-	}
 	go copyClientToUpstream(t)
+	go copyUpstreamToClient(t)
 }
 
 // copyClientToUpstream and copyUpstreamToClient are the tunnel's goroutines, named
