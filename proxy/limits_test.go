@@ -141,3 +141,70 @@ func TestAcceptErrorsCountedAndLogged(t *testing.T) {
 		t.Errorf("no warning for the accept error:\n%s", log.String())
 	}
 }
+
+// TestMemoryReturnedAfterBurst: once the connections of a burst (at least
+// burstConns at once) have closed down to half, the proxy asks the runtime to
+// return memory, once; a small load never does.
+func TestMemoryReturnedAfterBurst(t *testing.T) {
+	echo := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			io.WriteString(c, line)
+		}
+	})
+	e := echo.addr()
+	p, err := New(Options{MaxConnections: 4 * burstConns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var returned atomic.Int32
+	p.memoryCheck, p.freeMemory = 20*time.Millisecond, func() { returned.Add(1) }
+	p.SetPolicy(compileRules(t, e))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go p.Serve(ln)
+	defer p.close()
+	open := func(n int) []net.Conn {
+		var cs []net.Conn
+		for range n {
+			c, br := rawRequest(t, ln.Addr().String(), "CONNECT "+e+" HTTP/1.1\r\n\r\nx\n")
+			if resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect}); err != nil || resp.StatusCode != 200 {
+				t.Fatalf("CONNECT: %v, %v", resp, err)
+			}
+			if line, err := br.ReadString('\n'); line != "x\n" {
+				t.Fatalf("through the tunnel: %q, %v", line, err)
+			}
+			cs = append(cs, c)
+		}
+		return cs
+	}
+	closeAll := func(cs []net.Conn) {
+		for _, c := range cs {
+			c.Close()
+		}
+	}
+	small := open(burstConns / 4)
+	closeAll(small)
+	time.Sleep(200 * time.Millisecond)
+	if n := returned.Load(); n != 0 {
+		t.Fatalf("memory returned %d times after %d connections; want none", n, burstConns/4)
+	}
+	burst := open(burstConns + 10)
+	time.Sleep(100 * time.Millisecond)
+	if n := returned.Load(); n != 0 {
+		t.Fatalf("memory returned %d times while the burst is open; want none", n)
+	}
+	closeAll(burst)
+	if !waitFor(func() bool { return returned.Load() == 1 }) {
+		t.Fatalf("memory returned %d times after the burst closed; want once", returned.Load())
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := returned.Load(); n != 1 {
+		t.Errorf("memory returned %d times; want once per burst", n)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -112,6 +113,13 @@ type Proxy struct {
 	tunnelsLive atomic.Int64
 	reading     atomic.Int64
 	ready       atomic.Bool
+	// peakConns is the most client connections open at once since memory was last
+	// returned after a burst (see returnMemory).
+	peakConns atomic.Int64
+	// memoryCheck and freeMemory are returnMemory's period and action; tests
+	// replace them.
+	memoryCheck time.Duration
+	freeMemory  func()
 	mu          sync.Mutex
 	transparent []net.Listener // closed by Shutdown
 }
@@ -150,6 +158,9 @@ func New(opts Options) (*Proxy, error) {
 		metrics: m,
 		dialer:  opts.Dialer,
 		tunnels: newTunnelSet(),
+
+		memoryCheck: 5 * time.Second,
+		freeMemory:  debug.FreeOSMemory,
 	}
 	if p.dialer == nil {
 		// Exempt from the guard what the policy in force covers, as it is at each dial.
@@ -239,6 +250,8 @@ func (p *Proxy) Serve(ln net.Listener) error {
 	defer stop()
 	stopPrune := every(min(max(p.opts.IdleTimeout/2, 10*time.Millisecond), 30*time.Second), p.upstreams.prune)
 	defer stopPrune()
+	stopReturn := every(p.memoryCheck, p.returnMemory)
+	defer stopReturn()
 	p.ready.Store(true)
 	defer p.ready.Store(false)
 	h := newHandoff(ln)
@@ -322,7 +335,7 @@ func (p *Proxy) waitTunnels(ctx context.Context) {
 func (p *Proxy) trackConn(_ net.Conn, state http.ConnState) {
 	switch state {
 	case http.StateNew:
-		p.conns.Add(1)
+		p.notePeak(p.conns.Add(1))
 	case http.StateClosed, http.StateHijacked:
 		p.conns.Add(-1)
 	}
@@ -388,8 +401,39 @@ type connSlot struct {
 }
 
 func (p *Proxy) acquireSlot() *connSlot {
-	p.conns.Add(1)
+	p.notePeak(p.conns.Add(1))
 	return &connSlot{n: &p.conns}
+}
+
+// notePeak raises peakConns to n. Two connections opening at once may both miss
+// the other's count: the peak is a rough one, and that is all returnMemory needs.
+func (p *Proxy) notePeak(n int64) {
+	if n > p.peakConns.Load() {
+		p.peakConns.Store(n)
+	}
+}
+
+// burstConns is the peak of open connections past which their closing is a burst
+// whose memory is worth returning.
+const burstConns = 256
+
+// returnMemory gives the system back the memory of a burst of connections once it
+// has passed. Their goroutine stacks, buffers and state go back to the Go heap when
+// they close, but the runtime returns heap memory to the system only after a garbage
+// collection has found it free, and an idle proxy allocates nothing that would start
+// one: after a burst of 5 000 tunnels the resident set stayed at its peak (69 MB
+// after a 19 MB start). When the open connections have fallen to half of a peak of
+// at least burstConns, it asks the runtime, once, to collect and return what is
+// free (debug.FreeOSMemory: a few milliseconds of CPU with a small heap).
+func (p *Proxy) returnMemory() {
+	peak, open := p.peakConns.Load(), p.conns.Load()
+	if peak < burstConns || open > peak/2 {
+		return
+	}
+	p.peakConns.Store(open)
+	start := time.Now()
+	p.freeMemory()
+	p.log.Info("memory of a burst of connections returned", "peak_connections", peak, "connections", open, "took", time.Since(start).Round(time.Microsecond).String())
 }
 
 func (s *connSlot) release() {
