@@ -813,7 +813,9 @@ func startBaseline(dir string, targets []string, rev string) (*peer, error) {
 // allowlist of the given targets.
 func startEgressd(dir string, targets []string, name, src string) (*peer, error) {
 	bin := filepath.Join(dir, name)
-	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/egressd")
+	// As scripts/build.sh builds the release: static, no symbol tables.
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./cmd/egressd")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Dir = src
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {

@@ -80,6 +80,9 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Now is the clock for durations. If nil, time.Now.
 	Now func() time.Time
+	// ReturnMemory gives memory back to the system after a burst of connections has
+	// closed (see returnMemory). If nil, debug.FreeOSMemory.
+	ReturnMemory func()
 }
 
 // DenialRecorder notes denied targets; *diag.Denials is one.
@@ -160,7 +163,10 @@ func New(opts Options) (*Proxy, error) {
 		tunnels: newTunnelSet(),
 
 		memoryCheck: 5 * time.Second,
-		freeMemory:  debug.FreeOSMemory,
+		freeMemory:  opts.ReturnMemory,
+	}
+	if p.freeMemory == nil {
+		p.freeMemory = debug.FreeOSMemory
 	}
 	if p.dialer == nil {
 		// Exempt from the guard what the policy in force covers, as it is at each dial.

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +23,7 @@ import (
 	"github.com/egressd/egressd/guard"
 	"github.com/egressd/egressd/internal/config"
 	"github.com/egressd/egressd/internal/reload"
+	"github.com/egressd/egressd/internal/residency"
 	"github.com/egressd/egressd/managed"
 	"github.com/egressd/egressd/originate"
 	"github.com/egressd/egressd/policy"
@@ -153,6 +155,7 @@ func (a *app) newProxy() error {
 		TransparentVerifyDestination: c.Proxy.TransparentVerifyDestination,
 		Logger:                       a.log,
 		Registerer:                   a.reg,
+		ReturnMemory:                 returnMemory,
 	})
 	if err != nil {
 		return err
@@ -315,4 +318,13 @@ func writableDir(key, file string) error {
 			key, dir, err, filepath.Base(file))
 	}
 	return nil
+}
+
+// returnMemory gives the system back what startup, or a burst of connections, left
+// and serving does not need: the free heap, and the pages of the executable it
+// touched (residency.TrimExecutable; those in use come back at once, from the page
+// cache).
+func returnMemory() {
+	debug.FreeOSMemory()
+	residency.TrimExecutable()
 }

@@ -257,6 +257,8 @@ func (a *app) serve(ctx context.Context) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
+	// Startup is over: what it alone used goes back to the system.
+	returnMemory()
 	log.Info("egressd started", "version", versionString(), "mode", string(c.Mode), "dns", a.res.Upstreams(),
 		"proxy", l.proxy.Addr().String(), "metrics", l.metrics.Addr().String(), "dns_listener", dnsAddr, "admin", adminAddr, "transparent", transparentAddr, "config", c.File)
 
