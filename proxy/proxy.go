@@ -239,7 +239,20 @@ func (p *Proxy) Ready() bool { return p.ready.Load() && p.policy.Load() != nil }
 // Listen opens the proxy's TCP listener on addr. Accepted connections get no TCP
 // keep-alive (Go's default costs four setsockopt calls per connection): a client
 // connection that goes quiet is closed by Options.IdleTimeout instead.
+//
+// A proxy client speaks first, so the kernel is asked to hand over a connection
+// only once its first bytes have come (TCP_DEFER_ACCEPT, for up to deferAccept):
+// the first read of every connection then finds its request instead of waiting for
+// it, and a connection that never sends anything takes no descriptor of egressd's.
 func Listen(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: -1, Control: deferAccept}
+	return lc.Listen(context.Background(), "tcp", addr)
+}
+
+// ListenTransparent opens a transparent listener on addr: as Listen, but without
+// TCP_DEFER_ACCEPT, since an intercepted protocol may wait for the server to speak
+// first (SSH does).
+func ListenTransparent(addr string) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: -1}
 	return lc.Listen(context.Background(), "tcp", addr)
 }

@@ -90,13 +90,13 @@ func (a *app) open(l *listeners) (err error) {
 		return fmt.Errorf("metrics listener: %w", err)
 	}
 	if c.Proxy.TransparentListen != "" {
-		if l.transparent, err = proxy.Listen(c.Proxy.TransparentListen); err != nil {
+		if l.transparent, err = proxy.ListenTransparent(c.Proxy.TransparentListen); err != nil {
 			return fmt.Errorf("transparent listener: %w", err)
 		}
 		// The rules redirect IPv6 to ::1 on the same port: listen there too when the
 		// listener is on IPv4 loopback and the namespace has IPv6.
 		if host, port, _ := net.SplitHostPort(c.Proxy.TransparentListen); host == "127.0.0.1" {
-			if l.transparent6, err = proxy.Listen(net.JoinHostPort("::1", port)); err != nil {
+			if l.transparent6, err = proxy.ListenTransparent(net.JoinHostPort("::1", port)); err != nil {
 				a.log.Info("no IPv6 transparent listener; intercepted IPv6 connections are refused", "error", err.Error())
 				l.transparent6, err = nil, nil
 			}
