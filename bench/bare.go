@@ -79,6 +79,7 @@ func startBareConnect(dir string, _ []string) (*peer, error) {
 		return nil, err
 	}
 	cmd := exec.Command(self, "-bare-connect", addr)
+	cmd.SysProcAttr = ownGroup()
 	cmd.Stderr, _ = os.Create(filepath.Join(dir, "bare-connect.log"))
 	if err := cmd.Start(); err != nil {
 		return nil, err

@@ -873,6 +873,7 @@ func startEgressdWith(dir, bin, name string) (*peer, error) {
 		return nil, err
 	}
 	cmd := exec.Command(bin, "serve", "--config", filepath.Join(dir, "egressd.yaml"))
+	cmd.SysProcAttr = ownGroup()
 	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -895,15 +896,20 @@ func startEgressdWith(dir, bin, name string) (*peer, error) {
 }
 
 func (p *peer) stop() {
-	if p.cmd == nil {
+	if p.cmd == nil || p.cmd.Process == nil {
 		return
 	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
+	// The whole process group: Squid's worker is a child of its own, and a peer left
+	// running would take CPU from the next run's figures.
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { p.cmd.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
 	}
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 }
+
+// ownGroup starts a peer in a process group of its own, which stop ends.
+func ownGroup() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: true} }

@@ -137,6 +137,7 @@ func runPeer(name, addr, dir, conf, bin string, args ...string) (*peer, error) {
 		return nil, err
 	}
 	cmd := exec.Command(bin, append(args, confFile)...)
+	cmd.SysProcAttr = ownGroup()
 	cmd.Stderr, _ = os.Create(filepath.Join(dir, "stderr.log"))
 	if err := cmd.Start(); err != nil {
 		return nil, err

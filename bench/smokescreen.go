@@ -37,6 +37,7 @@ func startSmokescreen(dir string, targets []string) (*peer, error) {
 		args = append(args, "--allow-address", t)
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.SysProcAttr = ownGroup()
 	cmd.Stderr, _ = os.Create(filepath.Join(sd, "smokescreen.log"))
 	if err := cmd.Start(); err != nil {
 		return nil, err
