@@ -163,7 +163,8 @@ func TestConnectionLimit(t *testing.T) {
 }
 
 // TestFileLimitKeepsHealthz: with ulimit -n 256 and 400 client connections open,
-// /healthz and /metrics still answer, and so does a request once connections close.
+// each with a request begun, /healthz and /metrics still answer, and so does a
+// request once connections close.
 func TestFileLimitKeepsHealthz(t *testing.T) {
 	t.Parallel()
 	origin := httpOrigin(t)
@@ -180,6 +181,13 @@ func TestFileLimitKeepsHealthz(t *testing.T) {
 			t.Fatalf("connection %d: %v", i, err)
 		}
 		conns = append(conns, c)
+		// The start of a request and no more: a connection that sends nothing is not
+		// even handed to egressd by the kernel (TCP_DEFER_ACCEPT) and holds no
+		// descriptor of its; one that has begun a request does, until
+		// proxy.read_header_timeout.
+		if _, err := io.WriteString(c, "CONNECT "); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
 	}
 	c := &http.Client{Timeout: 3 * time.Second}
 	for _, path := range []string{"/healthz", "/metrics"} {
