@@ -36,22 +36,18 @@ func waitListening(addr string, p *peer) error {
 }
 
 // hosts are the targets' addresses, each once.
-func hosts(targets []string) []string {
-	var out []string
-	for _, t := range targets {
-		if h, _, _ := net.SplitHostPort(t); !slices.Contains(out, h) {
-			out = append(out, h)
-		}
-	}
-	return out
-}
+func hosts(targets []string) []string { return uniqueParts(targets, 0) }
 
 // ports are the targets' ports, each once.
-func ports(targets []string) []string {
+func ports(targets []string) []string { return uniqueParts(targets, 1) }
+
+// uniqueParts returns part i (0 the host, 1 the port) of each host:port, each once.
+func uniqueParts(targets []string, i int) []string {
 	var out []string
 	for _, t := range targets {
-		if _, p, _ := net.SplitHostPort(t); !slices.Contains(out, p) {
-			out = append(out, p)
+		h, p, _ := net.SplitHostPort(t)
+		if v := []string{h, p}[i]; !slices.Contains(out, v) {
+			out = append(out, v)
 		}
 	}
 	return out

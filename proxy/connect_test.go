@@ -193,16 +193,7 @@ func TestFirstRequestTimeout(t *testing.T) {
 // TestMaxConnections: past MaxConnections a CONNECT or a GET gets 503, whether it is
 // the first request of its connection or not, and the tunnels in force go on.
 func TestMaxConnections(t *testing.T) {
-	echo := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) {
-		for {
-			line, err := br.ReadString('\n')
-			if err != nil {
-				return
-			}
-			io.WriteString(c, "echo "+line)
-		}
-	})
-	e := echo.addr()
+	e := startRawOrigin(t, echoLines("echo ")).addr()
 	p, addr := serveProxy(t, Options{MaxConnections: 2}, e)
 	for range 2 {
 		if s := connectStatus(t, addr, "", "CONNECT "+e+" HTTP/1.1\r\n\r\n"); !strings.HasPrefix(s, "HTTP/1.1 200") {
@@ -251,4 +242,17 @@ func FuzzParseConnect(f *testing.F) {
 			t.Errorf("took %q as CONNECT %q; net/http reads %v, %v", b[:end], r.URL.Host, again, err)
 		}
 	})
+}
+
+// echoLines is an origin that answers each line it reads with prefix and the line.
+func echoLines(prefix string) func(net.Conn, *bufio.Reader) {
+	return func(c net.Conn, br *bufio.Reader) {
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			io.WriteString(c, prefix+line)
+		}
+	}
 }

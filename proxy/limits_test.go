@@ -146,16 +146,7 @@ func TestAcceptErrorsCountedAndLogged(t *testing.T) {
 // burstConns at once) have closed down to half, the proxy asks the runtime to
 // return memory, once; a small load never does.
 func TestMemoryReturnedAfterBurst(t *testing.T) {
-	echo := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) {
-		for {
-			line, err := br.ReadString('\n')
-			if err != nil {
-				return
-			}
-			io.WriteString(c, line)
-		}
-	})
-	e := echo.addr()
+	e := startRawOrigin(t, echoLines("")).addr()
 	p, err := New(Options{MaxConnections: 4 * burstConns})
 	if err != nil {
 		t.Fatal(err)
