@@ -65,7 +65,8 @@ func (p *Proxy) serveConns(ln net.Listener, h *handoff) {
 // every other connection to net/http.
 func (p *Proxy) firstRequest(c net.Conn, slot *connSlot, h *handoff) {
 	defer p.reading.Add(-1)
-	c.SetReadDeadline(time.Now().Add(p.opts.ReadHeaderTimeout))
+	headBy := time.Now().Add(p.opts.ReadHeaderTimeout)
+	c.SetReadDeadline(headBy)
 	buf := headBufs.Get().(*[]byte)
 	n, end, err := readHead(c, *buf)
 	var ne net.Error
@@ -84,8 +85,7 @@ func (p *Proxy) firstRequest(c net.Conn, slot *connSlot, h *handoff) {
 		head := bytes.Clone((*buf)[:n])
 		headBufs.Put(buf)
 		slot.release() // net/http counts the connection again
-		c.SetReadDeadline(time.Time{})
-		h.give(&earlyConn{Conn: c, early: head})
+		h.give(&earlyConn{Conn: c, early: head, headBy: headBy})
 		return
 	}
 	var early []byte

@@ -256,3 +256,40 @@ func echoLines(prefix string) func(net.Conn, *bufio.Reader) {
 		}
 	}
 }
+
+// TestHandedOverHeadKeepsItsDeadline: a CONNECT head too long for the accept loop,
+// sent slowly, is cut at ReadHeaderTimeout from the connection's start, not given a
+// second one by net/http; the same connection, once its head is in, is not held to it.
+func TestHandedOverHeadKeepsItsDeadline(t *testing.T) {
+	e := startRawOrigin(t, echoLines("echo ")).addr()
+	_, addr := serveProxy(t, Options{ReadHeaderTimeout: time.Second}, e)
+	c, br := rawRequest(t, addr, "CONNECT "+e+" HTTP/1.1\r\nX-Pad: ")
+	start := time.Now()
+	done := make(chan struct{})
+	go func() { // 512 bytes every 100 ms, for up to 4 s: past headSize after about 800 ms
+		defer close(done)
+		for i := 0; i < 40; i++ {
+			if _, err := io.WriteString(c, strings.Repeat("p", 512)); err != nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	br.ReadString('\n') // whatever comes, until the connection ends
+	if d := time.Since(start); d > 1400*time.Millisecond {
+		t.Errorf("a slow head was cut after %v; want about 1s (ReadHeaderTimeout)", d.Round(time.Millisecond))
+	}
+	c.Close()
+	<-done
+
+	// A long head sent at once: the tunnel outlives the header deadline.
+	c, br = rawRequest(t, addr, "CONNECT "+e+" HTTP/1.1\r\nX-Pad: "+strings.Repeat("p", headSize+100)+"\r\n\r\n")
+	if resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect}); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v, %v", resp, err)
+	}
+	time.Sleep(1200 * time.Millisecond)
+	io.WriteString(c, "late\n")
+	if got, err := br.ReadString('\n'); got != "echo late\n" {
+		t.Errorf("through the tunnel after the header deadline: %q, %v", got, err)
+	}
+}

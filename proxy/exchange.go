@@ -520,11 +520,30 @@ func (w *clientWriter) writeRaw(status int, phrase, body string, head bool) (int
 	return int64(len(body)), nil
 }
 
-// earlyConn is a hijacked client connection with bytes the server had already read.
-// Read gives them first; a tunnel takes them and the raw connection apart instead.
+// earlyConn is a client connection with bytes already read from it: by net/http
+// before a hijack, or by the accept loop before it handed the connection to
+// net/http. Read gives them first; a tunnel takes them and the raw connection apart
+// instead.
 type earlyConn struct {
 	net.Conn
 	early []byte
+	// headBy, for a connection the accept loop handed over, is when the first
+	// request's head must be in: net/http sets a deadline of its own when it starts
+	// reading, which would give a slow client a second ReadHeaderTimeout.
+	headBy time.Time
+}
+
+// SetReadDeadline holds the first request to headBy. net/http clears the deadline
+// (sets zero) once that head is read, which ends the hold.
+func (c *earlyConn) SetReadDeadline(t time.Time) error {
+	if !c.headBy.IsZero() {
+		if t.IsZero() {
+			c.headBy = time.Time{}
+		} else if t.After(c.headBy) {
+			t = c.headBy
+		}
+	}
+	return c.Conn.SetReadDeadline(t)
 }
 
 func (c *earlyConn) Read(p []byte) (int, error) {
