@@ -11,6 +11,7 @@ const (
 	rowCPUPerGiB     = "cpu per GiB"
 	rowHTTPRate      = "http rate"
 	rowHTTPP99       = "http p99"
+	rowHTTPP99Fixed  = "http p99 at a fixed rate"
 	rowCPUPerRequest = "cpu per request"
 	rowTunnelRate    = "tunnel rate"
 	rowTunnelP99     = "tunnel p99"
@@ -88,6 +89,7 @@ func (r results) goals(peers []*peer) {
 	line("CPU per plain-HTTP request <= 0.5x Squid's", rowCPUPerRequest, []string{"squid"}, true, 0.5, "us")
 	line("CPU per GiB tunnelled the lowest of all", rowCPUPerGiB, all, true, 1, "s")
 	line("HTTP p99 <= every peer's", rowHTTPP99, fwd, true, 1, "ms")
+	line("HTTP p99 at one offered rate <= every peer's", rowHTTPP99Fixed, fwd, true, 1, "ms")
 	line("new-tunnel p99 <= every peer's", rowTunnelP99, fwd, true, 1, "ms")
 	fixed := func(goal, key string, limit float64, unit string) {
 		e := r.value(key, "egressd")
