@@ -107,7 +107,9 @@ func (ex *exchange) finish() {
 	ex.answered()
 	ex.slot.release()
 	p := ex.p
-	attrs := []slog.Attr{
+	// Room for every attribute, so that no append below grows the slice on the heap.
+	attrs := make([]slog.Attr, 0, 16)
+	attrs = append(attrs,
 		slog.String("client", ex.client),
 		slog.String("method", ex.method),
 		slog.String("target", ex.target),
@@ -117,7 +119,7 @@ func (ex *exchange) finish() {
 		slog.Int64("bytes_up", ex.up.Load()),
 		slog.Int64("bytes_down", ex.down.Load()),
 		slog.Float64("duration_seconds", p.opts.Now().Sub(ex.start).Seconds()),
-	}
+	)
 	if ex.rule != nil {
 		attrs = append(attrs, slog.String("rule", ex.rule.Text), slog.String("rule_at", ex.rule.Location()))
 	}
