@@ -182,9 +182,9 @@ func TestFileLimitKeepsHealthz(t *testing.T) {
 		}
 		conns = append(conns, c)
 		// The start of a request and no more: a connection that sends nothing is not
-		// even handed to egressd by the kernel (TCP_DEFER_ACCEPT) and holds no
-		// descriptor of its; one that has begun a request does, until
-		// proxy.read_header_timeout.
+		// handed to egressd by the kernel for its first seconds (TCP_DEFER_ACCEPT)
+		// and holds no descriptor of its meanwhile; one that has begun a request
+		// does, until proxy.read_header_timeout.
 		if _, err := io.WriteString(c, "CONNECT "); err != nil {
 			t.Fatalf("connection %d: %v", i, err)
 		}

@@ -111,8 +111,8 @@ type Proxy struct {
 	// one line a second.
 	acceptWarned atomic.Int64
 	// tunnelsLive counts tunnels from their start until their access log line is
-	// written, and reading the connections whose first request the accept loop is
-	// reading: what a shutdown waits for.
+	// written, and reading the connections the accept loop has taken and not yet
+	// handed to a tunnel or to net/http: what a shutdown waits for.
 	tunnelsLive atomic.Int64
 	reading     atomic.Int64
 	ready       atomic.Bool
@@ -241,9 +241,10 @@ func (p *Proxy) Ready() bool { return p.ready.Load() && p.policy.Load() != nil }
 // connection that goes quiet is closed by Options.IdleTimeout instead.
 //
 // A proxy client speaks first, so the kernel is asked to hand over a connection
-// only once its first bytes have come (TCP_DEFER_ACCEPT, for up to deferAccept):
+// only once its first bytes have come (TCP_DEFER_ACCEPT, see deferAccept):
 // the first read of every connection then finds its request instead of waiting for
-// it, and a connection that never sends anything takes no descriptor of egressd's.
+// it, and a connection that sends nothing takes no descriptor of egressd's for the
+// first seconds (the kernel hands it over after the defer period, about 11 s).
 func Listen(addr string) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: -1, Control: deferAccept}
 	return lc.Listen(context.Background(), "tcp", addr)
