@@ -16,7 +16,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
@@ -216,10 +215,7 @@ func bench(s settings) error {
 			if p.connectOnly {
 				return math.NaN(), nil
 			}
-			proxy, url := p.addr, "http://"+web+"/"
-			if p.relay != nil {
-				proxy, url = "", "http://"+p.relay[web]+"/"
-			}
+			proxy, url := p.httpTarget(web)
 			before := p.cpuSeconds()
 			r, err := httpLoad(proxy, url, s.httpClients, s.duration)
 			p50[p.name] = append(p50[p.name], r.p50)
@@ -239,10 +235,7 @@ func bench(s settings) error {
 			if p.connectOnly {
 				return math.NaN(), nil
 			}
-			proxy, url := p.addr, "http://"+web+"/"
-			if p.relay != nil {
-				proxy, url = "", "http://"+p.relay[web]+"/"
-			}
+			proxy, url := p.httpTarget(web)
 			return httpFixedRate(proxy, url, s.httpClients, s.httpRate, s.duration)
 		}).print(true))
 	}
@@ -375,6 +368,15 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
+// httpTarget is the proxy (or "" for none) and the URL through which p reaches the
+// web server at web.
+func (p *peer) httpTarget(web string) (proxy, url string) {
+	if p.relay != nil {
+		return "", "http://" + p.relay[web] + "/"
+	}
+	return p.addr, "http://" + web + "/"
+}
+
 // dial opens a connection to target through p: a CONNECT tunnel, the relay's port
 // for target, or for the direct column a direct connection.
 func (p *peer) dial(target string) (net.Conn, error) {
@@ -460,15 +462,62 @@ func httpLoad(proxy, target string, clients int, d time.Duration) (httpResult, e
 // milliseconds, counted from when each request was due, so that time spent queued
 // behind a slow answer counts too. A proxy that cannot keep up shows it as latency.
 func httpFixedRate(proxy, target string, clients, rate int, d time.Duration) (float64, error) {
-	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients, DisableCompression: true}
+	client, done := benchClient(proxy, clients, nil)
+	defer done()
+	n := int(float64(rate) * d.Seconds())
+	due := make(chan time.Time, n)
+	start := time.Now().Add(10 * time.Millisecond)
+	interval := time.Second / time.Duration(rate)
+	for i := range n {
+		due <- start.Add(time.Duration(i) * interval)
+	}
+	close(due)
+	lats, err := gets(client, target, clients, func() (time.Time, bool) {
+		at, ok := <-due
+		time.Sleep(time.Until(at))
+		return at, ok
+	})
+	if err != nil {
+		return 0, err
+	}
+	return lats[len(lats)*99/100], nil
+}
+
+// httpLoadTLS is httpLoad with the client's own TLS configuration for https targets.
+func httpLoadTLS(proxy, target string, clients int, d time.Duration, tlsConfig *tls.Config) (httpResult, error) {
+	client, done := benchClient(proxy, clients, tlsConfig)
+	defer done()
+	deadline := time.Now().Add(d)
+	start := time.Now()
+	lats, err := gets(client, target, clients, func() (time.Time, bool) {
+		now := time.Now()
+		return now, now.Before(deadline)
+	})
+	if err != nil {
+		return httpResult{}, err
+	}
+	return httpResult{
+		rps: float64(len(lats)) / time.Since(start).Seconds(),
+		p50: lats[len(lats)/2],
+		p99: lats[len(lats)*99/100],
+	}, nil
+}
+
+// benchClient is an HTTP client with up to clients keep-alive connections, through
+// proxy ("" for none); done closes them.
+func benchClient(proxy string, clients int, tlsConfig *tls.Config) (client *http.Client, done func()) {
+	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients, DisableCompression: true, TLSClientConfig: tlsConfig}
 	if proxy != "" {
 		u, _ := url.Parse("http://" + proxy)
 		tr.Proxy = http.ProxyURL(u)
 	}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	n := int(float64(rate) * d.Seconds())
-	due := make(chan time.Time, n)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}, tr.CloseIdleConnections
+}
+
+// gets runs clients goroutines that ask for target while next says so, each request
+// timed from the time next gives, and returns the latencies of the 200s in
+// milliseconds, sorted.
+func gets(client *http.Client, target string, clients int, next func() (time.Time, bool)) ([]float64, error) {
 	var (
 		mu   sync.Mutex
 		lats []float64
@@ -480,94 +529,36 @@ func httpFixedRate(proxy, target string, clients, rate int, d time.Duration) (fl
 		go func() {
 			defer wg.Done()
 			var mine []float64
-			for at := range due {
-				time.Sleep(time.Until(at))
-				resp, err := client.Get(target)
-				if err != nil {
+			for from, ok := next(); ok; from, ok = next() {
+				if !getOK(client, target) {
 					errs.Add(1)
 					continue
 				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					errs.Add(1)
-					continue
-				}
-				mine = append(mine, float64(time.Since(at).Microseconds())/1000)
+				mine = append(mine, float64(time.Since(from).Microseconds())/1000)
 			}
 			mu.Lock()
 			lats = append(lats, mine...)
 			mu.Unlock()
 		}()
 	}
-	start := time.Now().Add(10 * time.Millisecond)
-	interval := time.Second / time.Duration(rate)
-	for i := range n {
-		due <- start.Add(time.Duration(i) * interval)
-	}
-	close(due)
 	wg.Wait()
 	if len(lats) == 0 {
-		return 0, fmt.Errorf("no request succeeded (%d errors)", errs.Load())
+		return nil, fmt.Errorf("no request succeeded (%d errors)", errs.Load())
 	}
 	slices.Sort(lats)
-	return lats[len(lats)*99/100], nil
+	return lats, nil
 }
 
-// httpLoadTLS is httpLoad with the client's own TLS configuration for https targets.
-func httpLoadTLS(proxy, target string, clients int, d time.Duration, tlsConfig *tls.Config) (httpResult, error) {
-	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients, DisableCompression: true, TLSClientConfig: tlsConfig}
-	if proxy != "" {
-		u, _ := url.Parse("http://" + proxy)
-		tr.Proxy = http.ProxyURL(u)
+// getOK asks for target and reads the answer; it reports whether that was a 200 (a
+// proxy's 502 is no answer from the origin).
+func getOK(client *http.Client, target string) bool {
+	resp, err := client.Get(target)
+	if err != nil {
+		return false
 	}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	var (
-		mu   sync.Mutex
-		lats []float64
-		errs atomic.Int64
-		wg   sync.WaitGroup
-	)
-	start := time.Now()
-	for i := 0; i < clients; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var mine []float64
-			for ctx.Err() == nil {
-				t0 := time.Now()
-				resp, err := client.Get(target)
-				if err != nil {
-					errs.Add(1)
-					continue
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					errs.Add(1) // a proxy's 502 is no answer from the origin
-					continue
-				}
-				mine = append(mine, float64(time.Since(t0).Microseconds())/1000)
-			}
-			mu.Lock()
-			lats = append(lats, mine...)
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	if len(lats) == 0 {
-		return httpResult{}, fmt.Errorf("no request succeeded (%d errors)", errs.Load())
-	}
-	slices.Sort(lats)
-	return httpResult{
-		rps: float64(len(lats)) / elapsed.Seconds(),
-		p50: lats[len(lats)/2],
-		p99: lats[len(lats)*99/100],
-	}, nil
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 // tunnelRate opens tunnels from conc clients for d, to the targets in turn, uses
