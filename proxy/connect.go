@@ -118,7 +118,9 @@ func readHead(c net.Conn, buf []byte) (n, end int, err error) {
 		if !bytes.HasPrefix(connectPrefix, buf[:min(n, len(connectPrefix))]) {
 			return n, 0, nil
 		}
-		if end = headEnd(buf[:n]); end > 0 || err != nil {
+		// An empty line that ends in the new bytes starts at most two bytes before
+		// them, so a client that sends a byte at a time costs no rescans.
+		if end = headEnd(buf[:n], max(n-m-2, 0)); end > 0 || err != nil {
 			return n, end, err
 		}
 	}
@@ -126,9 +128,10 @@ func readHead(c net.Conn, buf []byte) (n, end int, err error) {
 }
 
 // headEnd returns the length of the head in b, through the empty line that ends
-// it (a line ends with LF or CRLF, as net/textproto reads it), or 0.
-func headEnd(b []byte) int {
-	for i := bytes.IndexByte(b, '\n'); i >= 0; {
+// it (a line ends with LF or CRLF, as net/textproto reads it), or 0. The empty line
+// is looked for from b[from:]: the head cannot end before that.
+func headEnd(b []byte, from int) int {
+	for i := indexByteFrom(b, '\n', from); i >= 0; {
 		rest := b[i+1:]
 		switch {
 		case len(rest) > 0 && rest[0] == '\n':
@@ -143,6 +146,14 @@ func headEnd(b []byte) int {
 		i += 1 + j
 	}
 	return 0
+}
+
+// indexByteFrom is bytes.IndexByte(b[from:], c) as an index into b, or -1.
+func indexByteFrom(b []byte, c byte, from int) int {
+	if i := bytes.IndexByte(b[from:], c); i >= 0 {
+		return from + i
+	}
+	return -1
 }
 
 // parseConnect parses head with net/http's own parser and returns the request if it

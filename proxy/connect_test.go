@@ -40,7 +40,7 @@ func TestParseConnect(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			end := headEnd([]byte(tt.head))
+			end := headEnd([]byte(tt.head), 0)
 			if end != len(tt.head) {
 				t.Fatalf("headEnd = %d; want %d", end, len(tt.head))
 			}
@@ -61,6 +61,8 @@ func TestReadHead(t *testing.T) {
 	}{
 		{"whole", []string{"CONNECT a:1 HTTP/1.1\r\n\r\nearly"}, 29, 24},
 		{"in pieces", []string{"CONN", "ECT a:1 HTTP/1.1\r\n", "\r", "\n"}, 24, 24},
+		{"a byte at a time", strings.Split("CONNECT a:1 HTTP/1.1\r\nX: y\r\n\r\n", ""), 30, 30},
+		{"a byte at a time, bare LF", strings.Split("CONNECT a:1 HTTP/1.1\nX: y\n\n", ""), 27, 27},
 		{"not CONNECT", []string{"GET / HTTP/1.1\r\n\r\n"}, 18, 0},
 		{"not CONNECT at once", []string{"CONNX", "never read"}, 5, 0},
 		{"too long", []string{"CONNECT a:1 HTTP/1.1\r\nX: " + strings.Repeat("a", headSize)}, headSize, 0},
@@ -229,7 +231,7 @@ func FuzzParseConnect(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		end := headEnd(b)
+		end := headEnd(b, 0)
 		if end == 0 {
 			return
 		}

@@ -147,12 +147,12 @@ func TestAcceptErrorsCountedAndLogged(t *testing.T) {
 // return memory, once; a small load never does.
 func TestMemoryReturnedAfterBurst(t *testing.T) {
 	e := startRawOrigin(t, echoLines("")).addr()
-	p, err := New(Options{MaxConnections: 4 * burstConns})
+	var returned atomic.Int32
+	p, err := New(Options{MaxConnections: 4 * burstConns, ReturnMemory: func() { returned.Add(1) }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var returned atomic.Int32
-	p.memoryCheck, p.freeMemory = 20*time.Millisecond, func() { returned.Add(1) }
+	p.memoryCheck = 20 * time.Millisecond
 	p.SetPolicy(compileRules(t, e))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -119,10 +119,8 @@ type Proxy struct {
 	// peakConns is the most client connections open at once since memory was last
 	// returned after a burst (see returnMemory).
 	peakConns atomic.Int64
-	// memoryCheck and freeMemory are returnMemory's period and action; tests
-	// replace them.
+	// memoryCheck is returnMemory's period; tests shorten it.
 	memoryCheck time.Duration
-	freeMemory  func()
 	mu          sync.Mutex
 	transparent []net.Listener // closed by Shutdown
 }
@@ -151,6 +149,9 @@ func New(opts Options) (*Proxy, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.ReturnMemory == nil {
+		opts.ReturnMemory = debug.FreeOSMemory
+	}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("registering proxy metrics: %w", err)
@@ -163,10 +164,6 @@ func New(opts Options) (*Proxy, error) {
 		tunnels: newTunnelSet(),
 
 		memoryCheck: 5 * time.Second,
-		freeMemory:  opts.ReturnMemory,
-	}
-	if p.freeMemory == nil {
-		p.freeMemory = debug.FreeOSMemory
 	}
 	if p.dialer == nil {
 		// Exempt from the guard what the policy in force covers, as it is at each dial.
@@ -452,7 +449,7 @@ func (p *Proxy) returnMemory() {
 	}
 	p.peakConns.Store(open)
 	start := time.Now()
-	p.freeMemory()
+	p.opts.ReturnMemory()
 	p.log.Info("memory of a burst of connections returned", "peak_connections", peak, "connections", open, "took", time.Since(start).Round(time.Microsecond).String())
 }
 
