@@ -38,6 +38,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/egressd/egressd/internal/residency"
 )
 
 func main() { os.Exit(run(os.Args[1:])) }
@@ -648,50 +650,69 @@ func oneRequest(c net.Conn, target string) error {
 func idleMemory(p *peer, echo string, n int) (float64, error) {
 	// A few tunnels first, so that the figure is what each more costs, not the
 	// first one's touching the code it runs.
-	for range 50 {
-		c, err := p.dial(echo)
-		if err != nil {
-			return 0, fmt.Errorf("warming up: %w", err)
-		}
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		err = echoOne(c, echo)
-		c.Close()
-		if err != nil {
-			return 0, fmt.Errorf("warming up: %w", err)
-		}
+	warm, err := openTunnels(p, echo, 50, 1)
+	warm()
+	if err != nil {
+		return 0, fmt.Errorf("warming up: %w", err)
 	}
 	time.Sleep(100 * time.Millisecond)
-	before, err := rss(p.cmd.Process.Pid)
+	before, err := residency.Resident(p.cmd.Process.Pid)
 	if err != nil {
 		return 0, err
 	}
-	conns := make([]net.Conn, 0, n)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	one := []byte{'x'}
-	for i := 0; i < n; i++ {
-		c, err := p.dial(echo)
-		if err != nil {
-			return 0, fmt.Errorf("tunnel %d: %w", i, err)
-		}
-		conns = append(conns, c)
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write(one); err != nil {
-			return 0, err
-		}
-		if _, err := io.ReadFull(c, one); err != nil {
-			return 0, err
-		}
+	closeAll, err := openTunnels(p, echo, n, 1)
+	defer closeAll()
+	if err != nil {
+		return 0, err
 	}
 	time.Sleep(2 * time.Second) // let the runtime settle: stacks shrink at GC
-	after, err := rss(p.cmd.Process.Pid)
+	after, err := residency.Resident(p.cmd.Process.Pid)
 	if err != nil {
 		return 0, err
 	}
 	return float64(after-before) / float64(n), nil
+}
+
+// openTunnels opens n tunnels through p, workers at a time, each used once (a byte
+// each way), and returns a function that closes them all, which the caller calls
+// whether or not an error came.
+func openTunnels(p *peer, echo string, n, workers int) (closeAll func(), err error) {
+	conns := make([]net.Conn, n)
+	closeAll = func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}
+	var (
+		next    atomic.Int64
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		lastErr error
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
+				c, err := p.dial(echo)
+				if err == nil {
+					conns[i] = c
+					c.SetDeadline(time.Now().Add(10 * time.Second))
+					err = echoOne(c, echo)
+				}
+				if err != nil {
+					mu.Lock()
+					lastErr = fmt.Errorf("tunnel %d: %w", i, err)
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return closeAll, lastErr
 }
 
 // cpuSeconds is the user and system CPU time of p's process and all its
@@ -732,23 +753,6 @@ func (p *peer) cpuSeconds() float64 {
 		}
 	}
 	return total / 100 // USER_HZ
-}
-
-// rss reads a process's resident set size in bytes from /proc.
-func rss(pid int) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb * 1024, err
-		}
-	}
-	return 0, errors.New("no VmRSS in /proc/PID/status")
 }
 
 // originAddrs is how many loopback addresses each origin listens on (see tunnelRate).

@@ -2,12 +2,10 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"net"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/egressd/egressd/internal/residency"
 )
 
 // burstTunnels and burstSettle are the burst memory figure's shape: how many
@@ -32,7 +30,7 @@ func benchMemory(s settings, dir string, targets []string, echo string, peers []
 			idle.values = append(idle.values, nanValue)
 			continue
 		}
-		r, err := rss(p.cmd.Process.Pid)
+		r, err := residency.Resident(p.cmd.Process.Pid)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
@@ -81,7 +79,7 @@ func benchMemory(s settings, dir string, targets []string, echo string, peers []
 		bursts = append(bursts, burst{p: q})
 		b := &bursts[len(bursts)-1]
 		time.Sleep(time.Second) // as fresh as the first figure: started and settled
-		if b.before, err = rss(q.cmd.Process.Pid); err != nil {
+		if b.before, err = residency.Resident(q.cmd.Process.Pid); err != nil {
 			return err
 		}
 		i := len(before.values) - 1
@@ -95,7 +93,7 @@ func benchMemory(s settings, dir string, targets []string, echo string, peers []
 	}
 	for _, b := range bursts {
 		time.Sleep(time.Until(b.closed.Add(settle)))
-		r, err := rss(b.p.cmd.Process.Pid)
+		r, err := residency.Resident(b.p.cmd.Process.Pid)
 		if err != nil {
 			return err
 		}
@@ -125,49 +123,13 @@ func sanitize(name string) string {
 	return string(b)
 }
 
-// openBurst opens n tunnels through p, 64 at a time, each used once (a byte each
-// way); with all of them open it reads p's resident set, then closes them all.
+// openBurst opens n tunnels through p, 64 at a time, each used once; with all of
+// them open it reads p's resident set, then closes them all.
 func openBurst(p *peer, echo string, n int) (int64, error) {
-	conns := make([]net.Conn, n)
-	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Close()
-			}
-		}
-	}()
-	var (
-		next    atomic.Int64
-		wg      sync.WaitGroup
-		mu      sync.Mutex
-		lastErr error
-	)
-	for range 64 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
-				c, err := p.dial(echo)
-				if err == nil {
-					conns[i] = c
-					c.SetDeadline(time.Now().Add(10 * time.Second))
-					one := []byte{'x'}
-					if _, err = c.Write(one); err == nil {
-						_, err = io.ReadFull(c, one)
-					}
-				}
-				if err != nil {
-					mu.Lock()
-					lastErr = fmt.Errorf("tunnel %d of the burst: %w", i, err)
-					mu.Unlock()
-					return
-				}
-			}
-		}()
+	closeAll, err := openTunnels(p, echo, n, 64)
+	defer closeAll()
+	if err != nil {
+		return 0, fmt.Errorf("the burst: %w", err)
 	}
-	wg.Wait()
-	if lastErr != nil {
-		return 0, lastErr
-	}
-	return rss(p.cmd.Process.Pid)
+	return residency.Resident(p.cmd.Process.Pid)
 }

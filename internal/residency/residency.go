@@ -40,7 +40,7 @@ func TrimExecutable() (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	before, err := Resident()
+	before, err := Resident(0)
 	if err != nil {
 		return 0, err
 	}
@@ -49,7 +49,7 @@ func TrimExecutable() (int64, error) {
 			return 0, fmt.Errorf("madvise %#x-%#x: %w", r.start, r.end, errno)
 		}
 	}
-	after, err := Resident()
+	after, err := Resident(0)
 	if err != nil {
 		return 0, err
 	}
@@ -89,9 +89,14 @@ func readOnlyMappings(maps []byte, path string) ([]mapping, error) {
 	return out, sc.Err()
 }
 
-// Resident is the process's resident set size in bytes (VmRSS).
-func Resident() (int64, error) {
-	status, err := os.ReadFile("/proc/self/status")
+// Resident is the resident set size in bytes (VmRSS) of process pid, or with pid 0
+// of this one.
+func Resident(pid int) (int64, error) {
+	proc := "self"
+	if pid != 0 {
+		proc = strconv.Itoa(pid)
+	}
+	status, err := os.ReadFile("/proc/" + proc + "/status")
 	if err != nil {
 		return 0, err
 	}
@@ -101,5 +106,5 @@ func Resident() (int64, error) {
 			return kb << 10, err
 		}
 	}
-	return 0, errors.New("no VmRSS in /proc/self/status")
+	return 0, fmt.Errorf("no VmRSS in /proc/%s/status", proc)
 }

@@ -8,4 +8,4 @@ import "errors"
 func TrimExecutable() (int64, error) { return 0, errors.ErrUnsupported }
 
 // Resident is Linux only.
-func Resident() (int64, error) { return 0, errors.ErrUnsupported }
+func Resident(int) (int64, error) { return 0, errors.ErrUnsupported }

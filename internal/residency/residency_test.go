@@ -3,6 +3,7 @@
 package residency
 
 import (
+	"os"
 	"runtime"
 	"testing"
 )
@@ -44,7 +45,20 @@ func TestTrimExecutable(t *testing.T) {
 	if dropped < 256<<10 {
 		t.Errorf("resident set shrank by %d bytes; want the test binary's pages, more than 256 KiB", dropped)
 	}
-	if _, err := readOnlyMappings([]byte{}, "/x"); err == nil { // code runs again
-		t.Error("no mapping: no error")
+}
+
+// TestResident: this process's resident set, by pid and as self, is the same order
+// of size; a process that does not exist is an error.
+func TestResident(t *testing.T) {
+	self, err := Resident(0)
+	if err != nil || self <= 0 {
+		t.Fatalf("Resident(0) = %d, %v", self, err)
+	}
+	byPid, err := Resident(os.Getpid())
+	if err != nil || byPid < self/2 || byPid > 2*self {
+		t.Errorf("Resident(own pid) = %d, %v; Resident(0) = %d", byPid, err, self)
+	}
+	if _, err := Resident(1 << 30); err == nil {
+		t.Error("a pid that does not exist: no error")
 	}
 }
