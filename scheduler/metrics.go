@@ -14,7 +14,7 @@ type metrics struct {
 	missed      *prometheus.CounterVec // function
 }
 
-func newMetrics(reg prometheus.Registerer, _ *Scheduler) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		invocations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "egressd_schedule_invocations_total",

@@ -161,7 +161,7 @@ func New(opts Options) (*Scheduler, error) {
 	s := &Scheduler{opts: opts, log: opts.Logger, entries: map[string]*entry{}, changed: make(chan struct{}, 1), shared: opts.Shared}
 	s.runs, s.cancelRuns = context.WithCancel(context.Background())
 	var err error
-	if s.metrics, err = newMetrics(opts.Registerer, s); err != nil {
+	if s.metrics, err = newMetrics(opts.Registerer); err != nil {
 		return nil, err
 	}
 	if err := s.loadState(); err != nil {

@@ -333,10 +333,7 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Proxy.ResponseHeaderTimeout, defaults.ResponseHeaderTimeout)
 	setDefault(&c.Proxy.MaxConnections, defaults.MaxConnections)
 	setDefault(&c.Proxy.DrainTimeout, defaults.DrainTimeout)
-	if c.Proxy.CloseRevokedTunnels == nil {
-		t := true
-		c.Proxy.CloseRevokedTunnels = &t
-	}
+	setDefault(&c.Proxy.CloseRevokedTunnels, new(true))
 	setDefault(&c.Metrics.Listen, defaults.MetricsListen)
 	setDefault(&c.DNS.Timeout, defaults.DNSTimeout)
 	setDefault(&c.DNS.Attempts, defaults.DNSAttempts)
@@ -348,14 +345,8 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.Admin.Listen, defaults.AdminListen)
 	setDefault(&c.Admin.DenialTargets, defaults.DenialTargets)
 	setDefault(&c.Admin.SessionTTL, defaults.ConsoleSessionTTL)
-	if c.Proxy.TransparentDropOther == nil {
-		t := true
-		c.Proxy.TransparentDropOther = &t
-	}
-	if c.Scheduler.Enabled == nil {
-		t := true
-		c.Scheduler.Enabled = &t
-	}
+	setDefault(&c.Proxy.TransparentDropOther, new(true))
+	setDefault(&c.Scheduler.Enabled, new(true))
 	setDefault(&c.Scheduler.MaxSchedules, defaults.MaxSchedules)
 	if c.Cluster.Etcd.Enabled() {
 		setDefault(&c.Cluster.Etcd.Prefix, defaults.EtcdPrefix)
