@@ -57,7 +57,7 @@ func (p *Proxy) serveConns(ln net.Listener, h *handoff) {
 		delay = 0
 		// Counted before the next Accept, which waits while the budget is spent.
 		p.reading.Add(1)
-		go p.firstRequest(c, p.acquireSlot(), h)
+		p.workers.start(job{conn: c, slot: p.acquireSlot(), h: h})
 	}
 }
 
@@ -348,12 +348,15 @@ func (p *Proxy) relay(ex *exchange, client net.Conn, upstream *net.TCPConn) {
 			return
 		}
 	}
-	t := &tunnel{client: client, upstream: upstream, host: ex.host, port: ex.port, ex: ex, end: p.endTunnel}
+	t := &tunnel{client: client, upstream: upstream, host: ex.host, port: ex.port, ex: ex, end: p.endTunnelLater}
 	p.tunnels.add(t)
 	p.tunnelsLive.Add(1)
 	p.metrics.tunnelsActive.Inc()
 	t.start()
 }
+
+// endTunnelLater ends t on a worker, whose stack has room for the access log line.
+func (p *Proxy) endTunnelLater(t *tunnel) { p.workers.start(job{ended: t}) }
 
 // endTunnel runs once, when both directions of t have ended.
 func (p *Proxy) endTunnel(t *tunnel) {

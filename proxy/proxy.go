@@ -115,6 +115,7 @@ type Proxy struct {
 	// handed to a tunnel or to net/http: what a shutdown waits for.
 	tunnelsLive atomic.Int64
 	reading     atomic.Int64
+	workers     *workers // the goroutines that set tunnels up and end them
 	ready       atomic.Bool
 	// peakConns is the most client connections open at once since memory was last
 	// returned after a burst (see returnMemory).
@@ -165,6 +166,7 @@ func New(opts Options) (*Proxy, error) {
 
 		memoryCheck: 5 * time.Second,
 	}
+	p.workers = newWorkers(p.runJob)
 	if p.dialer == nil {
 		// Exempt from the guard what the policy in force covers, as it is at each dial.
 		p.dialer = dialer.New(dialer.Options{
@@ -267,7 +269,10 @@ func (p *Proxy) Serve(ln net.Listener) error {
 	defer stop()
 	stopPrune := every(min(max(p.opts.IdleTimeout/2, 10*time.Millisecond), 30*time.Second), p.upstreams.prune)
 	defer stopPrune()
-	stopReturn := every(p.memoryCheck, p.returnMemory)
+	stopReturn := every(p.memoryCheck, func() {
+		p.workers.retire()
+		p.returnMemory()
+	})
 	defer stopReturn()
 	p.ready.Store(true)
 	defer p.ready.Store(false)
