@@ -348,25 +348,27 @@ func (p *Proxy) relay(ex *exchange, client net.Conn, upstream *net.TCPConn) {
 			return
 		}
 	}
-	t := &tunnel{client: client, upstream: upstream, host: ex.host, port: ex.port, ex: ex, end: p.endTunnelLater}
+	t := &tunnel{client: client, upstream: upstream, host: ex.host, port: ex.port, ex: ex, end: p.endTunnel}
+	t.running.Store(2)
+	if pl := p.nextPoller(); pl != nil {
+		pl.attach(t) // before the tunnel is in the set, where sweeps find it
+	}
 	p.tunnels.add(t)
 	p.tunnelsLive.Add(1)
 	p.metrics.tunnelsActive.Inc()
 	t.start()
 }
 
-// endTunnelLater ends t on a worker, whose stack has room for the access log line.
-func (p *Proxy) endTunnelLater(t *tunnel) { p.workers.start(job{ended: t}) }
-
 // endTunnel runs once, when both directions of t have ended.
 func (p *Proxy) endTunnel(t *tunnel) {
 	p.tunnels.remove(t)
 	p.metrics.tunnelsActive.Dec()
 	ex := t.ex
-	ex.up.Add(t.up)
-	ex.down.Store(t.down)
-	p.metrics.bytesUp.Add(float64(t.up))
-	p.metrics.bytesDown.Add(float64(t.down))
+	up, down := t.up.Load(), t.down.Load()
+	ex.up.Add(up)
+	ex.down.Store(down)
+	p.metrics.bytesUp.Add(float64(up))
+	p.metrics.bytesDown.Add(float64(down))
 	ex.closedBy = t.closeReason()
 	p.metrics.tunnelsClosed.WithLabelValues(ex.closedBy).Inc()
 	ex.finish()

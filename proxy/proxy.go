@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -115,7 +116,12 @@ type Proxy struct {
 	// handed to a tunnel or to net/http: what a shutdown waits for.
 	tunnelsLive atomic.Int64
 	reading     atomic.Int64
-	workers     *workers // the goroutines that set tunnels up and end them
+	workers     *workers // the goroutines that set tunnels up
+	// pollers move the bytes of tunnels that carry small pieces; started with the
+	// first tunnel (pollersOnce), stopped at shutdown.
+	pollers     []*poller
+	pollersOnce sync.Once
+	nextPolled  atomic.Uint32
 	ready       atomic.Bool
 	// peakConns is the most client connections open at once since memory was last
 	// returned after a burst (see returnMemory).
@@ -167,6 +173,7 @@ func New(opts Options) (*Proxy, error) {
 		memoryCheck: 5 * time.Second,
 	}
 	p.workers = newWorkers(p.runJob)
+	p.pollers = newPollers(runtime.GOMAXPROCS(0))
 	if p.dialer == nil {
 		// Exempt from the guard what the policy in force covers, as it is at each dial.
 		p.dialer = dialer.New(dialer.Options{
@@ -319,12 +326,35 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		p.waitTunnels(closing)
 		cancel()
 	}
+	p.stopPollers()
 	p.upstreams.close()
 	if errors.Is(err, context.DeadlineExceeded) {
 		p.srv.Close()
 		return nil
 	}
 	return err
+}
+
+// nextPoller returns the poller for the next tunnel, in turn, or nil if there are
+// none.
+func (p *Proxy) nextPoller() *poller {
+	if len(p.pollers) == 0 {
+		return nil
+	}
+	p.pollersOnce.Do(func() {
+		for _, pl := range p.pollers {
+			go pl.run()
+		}
+	})
+	return p.pollers[p.nextPolled.Add(1)%uint32(len(p.pollers))]
+}
+
+// stopPollers ends the pollers' goroutines, once their tunnels are closed.
+func (p *Proxy) stopPollers() {
+	p.pollersOnce.Do(func() {}) // none started later
+	for _, pl := range p.pollers {
+		pl.stop()
+	}
 }
 
 // close ends serving at once, for tests: no drain.
@@ -336,6 +366,7 @@ func (p *Proxy) close() {
 	p.mu.Unlock()
 	p.srv.Close()
 	p.tunnels.closeAll(closeShutdown)
+	p.stopPollers()
 	p.upstreams.close()
 }
 

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -25,46 +26,73 @@ const (
 )
 
 // tunnel is one CONNECT tunnel. Both ends are raw connections (normally
-// *net.TCPConn), so that bulk transfers end up in TCPConn.ReadFrom, where Linux
-// splice moves the bytes without copying them through user space (see relay).
+// *net.TCPConn): a poller moves the bytes of a tunnel that carries small pieces
+// (see poller_linux.go), and a copier goroutine per direction those of one that
+// carries more, through TCPConn.ReadFrom, where Linux splice moves the bytes without
+// copying them through user space (see relay).
 type tunnel struct {
 	client   net.Conn
 	upstream *net.TCPConn
 	host     string
 	port     uint16
 	ex       *exchange
-	end      func(*tunnel) // called once, by the copier that finishes last
+	end      func(*tunnel) // called once, when both directions have ended
 
-	up, down int64        // bytes moved, each written by its own copier
-	running  atomic.Int32 // copiers still running
-	reason   atomic.Pointer[string]
-	// halfClosedAt is when the first copier ended (UnixNano), 0 before: the sweep
-	// closes a tunnel left half-closed for Options.HalfCloseTimeout.
+	up, down atomic.Int64 // bytes moved each way
+	// dirs are the directions a poller moves, each until it ends or goes to a
+	// copier; nil without a poller.
+	dirs    [2]*direction
+	running atomic.Int32 // directions still running
+	reason  atomic.Pointer[string]
+	// halfClosedAt is when the first direction ended (UnixNano), 0 before: the
+	// sweep closes a tunnel left half-closed for Options.HalfCloseTimeout.
 	halfClosedAt atomic.Int64
 }
 
-// start runs the two copiers, each on a goroutine of its own.
+// start moves the tunnel's bytes: on its poller if it has one (attached), else on
+// two copiers.
 func (t *tunnel) start() {
-	t.running.Store(2)
-	go copyClientToUpstream(t)
-	go copyUpstreamToClient(t)
+	if t.dirs[0] != nil {
+		t.dirs[0].watch()
+		t.dirs[1].watch()
+		return
+	}
+	go copyClientToUpstream(t, nil)
+	go copyUpstreamToClient(t, nil)
 }
 
-// copyClientToUpstream and copyUpstreamToClient are the tunnel's goroutines, named
-// so that a goroutine dump says what they are.
-func copyClientToUpstream(t *tunnel) {
-	t.up = halfCopy(t.upstream, t.client, t.otherDone)
+// copyClientToUpstream and copyUpstreamToClient are the tunnel's copier goroutines,
+// named so that a goroutine dump says what they are. pending is what a poller read
+// and could not write before it gave the direction up.
+func copyClientToUpstream(t *tunnel, pending []byte) {
+	t.copy(t.upstream, t.client, &t.up, pending)
+}
+
+func copyUpstreamToClient(t *tunnel, pending []byte) {
+	t.copy(t.client, t.upstream, &t.down, pending)
+}
+
+func (t *tunnel) copy(dst, src net.Conn, count *atomic.Int64, pending []byte) {
+	if len(pending) > 0 {
+		n, err := dst.Write(pending)
+		count.Add(int64(n))
+		if err != nil {
+			t.shut()
+			t.copierDone()
+			return
+		}
+	}
+	n, err := halfCopy(dst, src, t.otherDone)
+	count.Add(n)
+	if err != nil {
+		t.shut() // a polled other direction learns of it here
+	}
 	t.copierDone()
 }
 
-func copyUpstreamToClient(t *tunnel) {
-	t.down = halfCopy(t.client, t.upstream, t.otherDone)
-	t.copierDone()
-}
-
-// otherDone reports, to a copier that has finished copying, whether the other one
-// has ended too: then the tunnel closes at once, and a half-close first would be one
-// system call for nothing.
+// otherDone reports, to a direction that has finished copying, whether the other
+// one has ended too: then the tunnel closes at once, and a half-close first would
+// be one system call for nothing.
 func (t *tunnel) otherDone() bool { return t.running.Load() == 1 }
 
 func (t *tunnel) copierDone() {
@@ -82,18 +110,21 @@ type closeWriter interface{ CloseWrite() error }
 
 // halfCopy copies src to dst until src ends. A clean end (EOF) is passed on as a
 // half-close, so the other direction keeps going, unless last says that it has
-// ended already; an error ends both.
-func halfCopy(dst, src net.Conn, last func() bool) int64 {
+// ended already; an error ends both, and is returned.
+func halfCopy(dst, src net.Conn, last func() bool) (int64, error) {
 	n, err := relay(dst, src)
 	if cw, ok := dst.(closeWriter); ok && err == nil {
 		if !last() {
 			cw.CloseWrite()
 		}
-		return n
+		return n, nil
 	}
 	dst.Close()
 	src.Close()
-	return n
+	if err == nil {
+		err = errors.New("cannot half-close the destination")
+	}
+	return n, err
 }
 
 // smallSize is the buffer of a relay's read-and-write phase: one TLS record fits.
@@ -185,8 +216,19 @@ func spliceRest(dst, src net.Conn, done int64) (int64, error) {
 // close ends the tunnel; the first reason given is the one reported.
 func (t *tunnel) close(reason string) {
 	t.reason.CompareAndSwap(nil, &reason)
+	t.shut()
+}
+
+// shut closes both ends, and ends the directions a poller still moves: a closed
+// descriptor leaves the epoll instance with no event, so no read would tell them.
+func (t *tunnel) shut() {
 	t.client.Close()
 	t.upstream.Close()
+	for _, d := range t.dirs {
+		if d.release() {
+			t.copierDone()
+		}
+	}
 }
 
 func (t *tunnel) closeReason() string {
@@ -217,11 +259,16 @@ func (s *tunnelSet) remove(t *tunnel) {
 	s.mu.Unlock()
 }
 
-// each calls f for every open tunnel, under the lock: f must not block.
+// each calls f for every tunnel open when it is called, outside the lock: closing a
+// tunnel that a poller moves ends it there and then, and its end takes the lock.
 func (s *tunnelSet) each(f func(*tunnel)) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	ts := make([]*tunnel, 0, len(s.m))
 	for t := range s.m {
+		ts = append(ts, t)
+	}
+	s.mu.Unlock()
+	for _, t := range ts {
 		f(t)
 	}
 }

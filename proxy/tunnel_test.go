@@ -50,7 +50,7 @@ func TestHalfCopy(t *testing.T) {
 			}
 
 			done := make(chan int64, 1)
-			go func() { done <- halfCopy(dstEnd, srcEnd, func() bool { return false }) }()
+			go func() { n, _ := halfCopy(dstEnd, srcEnd, func() bool { return false }); done <- n }()
 			go func() {
 				sender.Write(payload)
 				sender.CloseWrite()
@@ -90,7 +90,7 @@ func TestHalfCopyClosed(t *testing.T) {
 	_, srcEnd := tcpPair(t)
 	dstEnd, receiver := tcpPair(t)
 	done := make(chan int64, 1)
-	go func() { done <- halfCopy(dstEnd, srcEnd, func() bool { return false }) }()
+	go func() { n, _ := halfCopy(dstEnd, srcEnd, func() bool { return false }); done <- n }()
 	time.Sleep(20 * time.Millisecond) // let it wait in the poller
 	srcEnd.Close()
 	select {

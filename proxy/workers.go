@@ -5,17 +5,14 @@ import (
 	"sync/atomic"
 )
 
-// Two steps of a tunnel run deep: its setup (reading the first request with
-// net/http's parser, the policy, net's dial chain) and its end (the access log line
-// through slog's JSON handler). A new goroutine starts with a small stack, so a
-// goroutine per connection grew its stack, copying it, at both steps: about 8% of
-// egressd's CPU per new tunnel (perf; go tool pprof: runtime.newstack under
-// net.sysSocket and slog's handler). workers keeps the goroutines that did that work:
-// the next job goes to one that is waiting, its stack already grown, and only when
-// none is waiting does a new one start. The copiers, which wait on the tunnel's
-// sockets for its whole life, stay goroutines of their own with small stacks: an idle
-// tunnel holds no grown stack. Idle workers are retired every few seconds, so a
-// burst's workers do not stay.
+// A tunnel's setup runs deep: reading the first request with net/http's parser, the
+// policy, net's dial chain. A new goroutine starts with a small stack, so a goroutine
+// per connection grew its stack, copying it, for every tunnel (perf, go tool pprof:
+// runtime.newstack under net.sysSocket; 5% of egressd's CPU per new tunnel with the
+// end of the tunnel, which a poller's goroutine now does). workers keeps the
+// goroutines that did it: the next connection goes to one that is waiting, its stack
+// already grown, and only when none is waiting does a new one start. Idle workers are
+// retired every few seconds, so a burst's workers do not stay.
 type workers struct {
 	// jobs is unbuffered: a send succeeds only to a worker waiting in receive. A
 	// zero job asks the worker that takes it to exit.
@@ -25,13 +22,11 @@ type workers struct {
 	live atomic.Int64 // workers running or waiting
 }
 
-// job is a connection to read the first request of (conn, slot, h), or a tunnel
-// that has ended (ended).
+// job is a connection to read the first request of.
 type job struct {
-	conn  net.Conn
-	slot  *connSlot
-	h     *handoff
-	ended *tunnel
+	conn net.Conn
+	slot *connSlot
+	h    *handoff
 }
 
 func newWorkers(run func(job)) *workers { return &workers{jobs: make(chan job), run: run} }
@@ -58,13 +53,7 @@ func (w *workers) work(j job) {
 }
 
 // runJob is the proxy's workers' run.
-func (p *Proxy) runJob(j job) {
-	if j.conn != nil {
-		p.firstRequest(j.conn, j.slot, j.h)
-	} else {
-		p.endTunnel(j.ended)
-	}
-}
+func (p *Proxy) runJob(j job) { p.firstRequest(j.conn, j.slot, j.h) }
 
 // retire asks every waiting worker to exit. Called every few seconds, it lets the
 // pool that a burst grew go with it; under a steady load it costs a goroutine start

@@ -1,0 +1,237 @@
+//go:build linux
+
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// openTunnel opens a tunnel to target through the proxy at addr.
+func openTunnel(t *testing.T, addr, target string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, br := rawRequest(t, addr, "CONNECT "+target+" HTTP/1.1\r\nHost: "+target+"\r\n\r\n")
+	if resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect}); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT %s: %v, %v", target, resp, err)
+	}
+	return c, br
+}
+
+// tunnelLogLine waits for the access log line of the tunnel to target and returns it.
+func tunnelLogLine(t *testing.T, log *syncBuffer, target string) map[string]any {
+	t.Helper()
+	var line map[string]any
+	found := waitFor(func() bool {
+		for _, l := range strings.Split(log.String(), "\n") {
+			if strings.Contains(l, `"method":"CONNECT"`) && strings.Contains(l, `"target":"`+target+`"`) {
+				return json.Unmarshal([]byte(l), &line) == nil
+			}
+		}
+		return false
+	})
+	if !found {
+		t.Fatalf("no access log line for the tunnel to %s:\n%s", target, log.String())
+	}
+	return line
+}
+
+// TestPolledTunnelSmallPieces: the pieces of a request-and-answer tunnel go both
+// ways in order, the client's end arrives at the origin as a half-close while the
+// origin's answer still comes back, and the access log counts every byte.
+func TestPolledTunnelSmallPieces(t *testing.T) {
+	origin := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+		n := 0
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				fmt.Fprintf(c, "bye after %d\n", n) // after the client's half-close
+				return
+			}
+			n++
+			io.WriteString(c, "echo "+line)
+		}
+	})
+	log := &syncBuffer{}
+	_, addr := serveProxy(t, Options{Logger: slog.New(slog.NewJSONHandler(log, nil))}, origin.addr())
+	c, br := openTunnel(t, addr, origin.addr())
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	up, down := 0, 0
+	for i := range 50 {
+		msg := fmt.Sprintf("piece %d %s\n", i, strings.Repeat("x", i*37))
+		io.WriteString(c, msg)
+		up += len(msg)
+		got, err := br.ReadString('\n')
+		if err != nil || got != "echo "+msg {
+			t.Fatalf("piece %d: read %q, %v; want %q", i, got, err, "echo "+msg)
+		}
+		down += len(got)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	rest, err := io.ReadAll(br)
+	if err != nil || string(rest) != "bye after 50\n" {
+		t.Fatalf("after the half-close: %q, %v; want the origin's last words, then the end", rest, err)
+	}
+	down += len(rest)
+	line := tunnelLogLine(t, log, origin.addr())
+	if line["bytes_up"] != float64(up) || line["bytes_down"] != float64(down) || line["closed"] != closeDone {
+		t.Errorf("access log: up %v, down %v, closed %v; want %d, %d, %s", line["bytes_up"], line["bytes_down"], line["closed"], up, down, closeDone)
+	}
+}
+
+// TestPolledTunnelBulk: a bulk upload (reads that fill the poller's buffer) and a
+// bulk download go on, whole and in order, on copier goroutines that take over from
+// the poller.
+func TestPolledTunnelBulk(t *testing.T) {
+	const size = 5<<20 + 3
+	payload := bytes.Repeat([]byte("0123456789abcdef"), size/16+1)[:size]
+	origin := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+		h := sha256.New()
+		if n, err := io.CopyN(h, br, size); err != nil {
+			fmt.Fprintf(c, "short upload: %d, %v\n", n, err)
+			return
+		}
+		fmt.Fprintf(c, "%x\n", h.Sum(nil))
+		c.Write(payload)
+	})
+	log := &syncBuffer{}
+	_, addr := serveProxy(t, Options{Logger: slog.New(slog.NewJSONHandler(log, nil))}, origin.addr())
+	c, br := openTunnel(t, addr, origin.addr())
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	go c.Write(payload)
+	sum, err := br.ReadString('\n')
+	if want := fmt.Sprintf("%x\n", sha256.Sum256(payload)); err != nil || sum != want {
+		t.Fatalf("origin's digest of the upload: %q, %v; want %q", sum, err, want)
+	}
+	got, err := io.ReadAll(br)
+	if err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("download: %d bytes, %v; want the %d sent", len(got), err, len(payload))
+	}
+	c.Close()
+	line := tunnelLogLine(t, log, origin.addr())
+	if line["bytes_up"] != float64(size) || line["bytes_down"] != float64(len(sum)+size) {
+		t.Errorf("access log: up %v, down %v; want %d, %d", line["bytes_up"], line["bytes_down"], size, len(sum)+size)
+	}
+}
+
+// TestPollerHandsPendingToCopier: small pieces for a destination whose socket is
+// full (a small send buffer, a peer that does not read for a while) make a write
+// that takes only part of a piece, or none; the rest of that piece goes to the copier
+// that takes over, before anything else, and nothing is lost.
+func TestPollerHandsPendingToCopier(t *testing.T) {
+	pls := newPollers(1)
+	if len(pls) == 0 {
+		t.Skip("no epoll")
+	}
+	pl := pls[0]
+	go pl.run()
+	defer pl.stop()
+	function, client := tcpPair(t) // the function's end, and egressd's
+	upstream, origin := tcpPair(t) // egressd's end, and the origin's
+	client.SetWriteBuffer(4096)    // full after a few pieces the function does not read
+	ended := make(chan *tunnel, 1)
+	tn := &tunnel{client: client, upstream: upstream, end: func(t *tunnel) { ended <- t }}
+	tn.running.Store(2)
+	if !pl.attach(tn) {
+		t.Fatal("attach refused two TCP connections")
+	}
+	tn.start()
+
+	const pieces, piece = 400, 1000
+	go func() {
+		for i := range pieces {
+			if _, err := origin.Write(bytes.Repeat([]byte{byte(i)}, piece)); err != nil {
+				return
+			}
+			time.Sleep(20 * time.Microsecond) // about one piece per read of the poller
+		}
+		origin.CloseWrite()
+	}()
+	time.Sleep(300 * time.Millisecond) // the pieces fill the sockets meanwhile
+	if copiers := goroutinesIn("copyUpstreamToClient"); copiers != 1 {
+		t.Errorf("%d copiers took over the full direction; want 1", copiers)
+	}
+	function.SetDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(function) // ends at the origin's half-close, passed on
+	if err != nil {
+		t.Fatalf("reading: %d bytes, %v", len(got), err)
+	}
+	want := make([]byte, 0, pieces*piece)
+	for i := range pieces {
+		want = append(want, bytes.Repeat([]byte{byte(i)}, piece)...)
+	}
+	if !bytes.Equal(got, want) {
+		i := 0
+		for i < min(len(got), len(want)) && got[i] == want[i] {
+			i++
+		}
+		t.Fatalf("read %d bytes, want %d; first difference at byte %d", len(got), len(want), i)
+	}
+	if n := tn.down.Load(); n != int64(len(want)) {
+		t.Errorf("counted %d bytes down; want %d", n, len(want))
+	}
+	function.Close() // the other direction ends: the tunnel with it
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the tunnel did not end after both directions did")
+	}
+}
+
+// TestIdleTunnelsHoldNoGoroutines: tunnels that have carried a request and its
+// answer and wait hold no goroutine of their own (the poller moves their bytes),
+// and revoking them closes them all and logs each.
+func TestIdleTunnelsHoldNoGoroutines(t *testing.T) {
+	origin := startRawOrigin(t, echoLines("echo "))
+	log := &syncBuffer{}
+	p, addr := serveProxy(t, Options{CloseRevokedTunnels: true, Logger: slog.New(slog.NewJSONHandler(log, nil))}, origin.addr())
+	const n = 100
+	var brs []*bufio.Reader
+	for i := range n {
+		c, br := openTunnel(t, addr, origin.addr())
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "hello %d\n", i)
+		if line, err := br.ReadString('\n'); err != nil || line != fmt.Sprintf("echo hello %d\n", i) {
+			t.Fatalf("tunnel %d: %q, %v", i, line, err)
+		}
+		brs = append(brs, br)
+	}
+	if copiers := goroutinesIn("copyClientToUpstream", "copyUpstreamToClient"); copiers != 0 {
+		t.Errorf("%d idle tunnels have %d copier goroutines; want none", n, copiers)
+	}
+	p.SetPolicy(compileRules(t, "other.example.com"))
+	for i, br := range brs {
+		if _, err := br.ReadByte(); err != io.EOF {
+			t.Fatalf("tunnel %d after its rule went: %v; want it closed", i, err)
+		}
+	}
+	if !waitFor(func() bool { return strings.Count(log.String(), `"closed":"revoked"`) == n }) {
+		t.Errorf("%d access log lines with closed=revoked; want %d", strings.Count(log.String(), `"closed":"revoked"`), n)
+	}
+}
+
+// goroutinesIn counts the goroutines whose stacks have any of the functions named.
+func goroutinesIn(funcs ...string) int {
+	buf := make([]byte, 8<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		for _, f := range funcs {
+			if strings.Contains(g, "proxy."+f+"(") {
+				n++
+				break
+			}
+		}
+	}
+	return n
+}
