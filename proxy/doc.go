@@ -5,17 +5,20 @@
 // A request reads from the listener to the relay in these files:
 //   - connect.go: the accept loop. A connection whose first request is a plain
 //     CONNECT (what every HTTPS call of a function opens with) is decided and
-//     tunnelled there, on the accepting goroutine; any other goes to net/http with
-//     the bytes read so far replayed.
+//     tunnelled there, on a setup worker (workers.go: goroutines kept with their
+//     grown stacks); any other goes to net/http with the bytes read so far replayed.
 //   - goproxy.go: net/http's handler and egressd's one contact with goproxy. The
 //     handlers decide each target against the policy and put the exchange (the
 //     request's state, exchange.go) in goproxy's ProxyCtx.UserData.
 //   - upstream.go: plain HTTP goes to its origin through one HTTP/1.1 client with
 //     kept connections, dialled by the dialer package (resolve once, check every
 //     address, dial only a checked one); answers are bounded and streamed.
-//   - tunnel.go, after startTunnel (connect.go) has dialled: CONNECT tunnels relay raw TCP,
-//     small pieces with read and write, bulk transfers with Linux splice, and
-//     half-close.
+//   - tunnel.go, after startTunnel (connect.go) has dialled: CONNECT tunnels relay raw
+//     TCP and pass half-closes on. A poller (poller_linux.go: an epoll instance of
+//     egressd's own) moves small pieces with a read and a write and holds no
+//     goroutine for an idle tunnel; a bulk transfer, or a destination that cannot
+//     take a piece at once, goes to a copier goroutine per direction, which moves
+//     bulk with Linux splice.
 //
 // Every answer goproxy writes to a plain-HTTP client has a body bound to its
 // exchange: its WriteTo copies it (flushing each piece of an answer without a
