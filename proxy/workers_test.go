@@ -13,15 +13,19 @@ func mustWait(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// blockingWorkers returns workers whose jobs say on ran that they run, then wait
+// for release, and a job to start.
+func blockingWorkers(t *testing.T) (w *workers, j job, ran, release chan struct{}) {
+	ran, release = make(chan struct{}, 16), make(chan struct{})
+	w = newWorkers(func(job) { ran <- struct{}{}; <-release })
+	a, b := net.Pipe()
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return w, job{conn: a}, ran, release
+}
+
 // A job goes to a worker that is waiting, and a new worker starts only when none is.
 func TestWorkersReuseWaitingWorkers(t *testing.T) {
-	release := make(chan struct{})
-	ran := make(chan struct{}, 16)
-	w := newWorkers(func(job) { ran <- struct{}{}; <-release })
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
-	j := job{conn: a}
+	w, j, ran, release := blockingWorkers(t)
 
 	w.start(j)
 	w.start(j)
@@ -47,14 +51,9 @@ func TestWorkersReuseWaitingWorkers(t *testing.T) {
 
 // retire ends the waiting workers; a worker busy with a job is not touched.
 func TestWorkersRetire(t *testing.T) {
-	release := make(chan struct{})
-	ran := make(chan struct{}, 16)
-	w := newWorkers(func(job) { ran <- struct{}{}; <-release })
-	a, b := net.Pipe()
-	defer a.Close()
-	defer b.Close()
+	w, j, ran, release := blockingWorkers(t)
 	for range 9 {
-		w.start(job{conn: a})
+		w.start(j)
 	}
 	for range 9 {
 		<-ran
