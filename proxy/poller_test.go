@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"runtime"
@@ -234,4 +235,87 @@ func goroutinesIn(funcs ...string) int {
 		}
 	}
 	return n
+}
+
+// TestTunnelsConcurrentRandomTraffic: many tunnels at once, each with its own
+// pattern of pieces (a byte to 40 KiB, some bursts of several pieces before reading)
+// echoed by the origin, some ending with a half-close and some with a close: every
+// byte comes back to its own tunnel, in order, whichever of the poller and the
+// copiers moved it, and every tunnel is logged with its counts.
+func TestTunnelsConcurrentRandomTraffic(t *testing.T) {
+	origin := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) { io.Copy(c, br) })
+	log := &syncBuffer{}
+	_, addr := serveProxy(t, Options{Logger: slog.New(slog.NewJSONHandler(log, nil))}, origin.addr())
+	const tunnels = 48
+	errs := make(chan error, tunnels)
+	for i := range tunnels {
+		go func() { errs <- randomTraffic(addr, origin.addr(), uint64(i)) }()
+	}
+	for range tunnels {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if !waitFor(func() bool { return strings.Count(log.String(), `"method":"CONNECT"`) == tunnels }) {
+		t.Fatalf("%d tunnels logged; want %d", strings.Count(log.String(), `"method":"CONNECT"`), tunnels)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(log.String()), "\n") {
+		var line map[string]any
+		if json.Unmarshal([]byte(l), &line) != nil || line["method"] != "CONNECT" {
+			continue
+		}
+		if line["status"] != float64(200) || line["bytes_up"] != line["bytes_down"] {
+			t.Errorf("an echo tunnel logged status %v, %v bytes up and %v down; want 200 and equal counts", line["status"], line["bytes_up"], line["bytes_down"])
+		}
+	}
+}
+
+// randomTraffic opens a tunnel to an echo origin and checks that what it sends, in
+// pieces drawn from seed, comes back.
+func randomTraffic(addr, target string, seed uint64) error {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %[1]s\r\n\r\n", target)
+	br := bufio.NewReader(c)
+	if resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect}); err != nil || resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("tunnel %d: CONNECT: %v, %v", seed, resp, err)
+	}
+	var sent, got []byte
+	for round := range 1 + rng.IntN(12) {
+		var burst []byte
+		for range 1 + rng.IntN(4) {
+			size := 1 + rng.IntN(64)
+			if rng.IntN(4) == 0 {
+				size = 1 + rng.IntN(40<<10)
+			}
+			piece := make([]byte, size)
+			for i := range piece {
+				piece[i] = byte(rng.Uint32())
+			}
+			if _, err := c.Write(piece); err != nil {
+				return fmt.Errorf("tunnel %d round %d: write: %v", seed, round, err)
+			}
+			burst = append(burst, piece...)
+		}
+		back := make([]byte, len(burst))
+		if _, err := io.ReadFull(br, back); err != nil {
+			return fmt.Errorf("tunnel %d round %d: read %d bytes: %v", seed, round, len(burst), err)
+		}
+		sent, got = append(sent, burst...), append(got, back...)
+	}
+	if !bytes.Equal(sent, got) {
+		return fmt.Errorf("tunnel %d: %d bytes came back different from the %d sent", seed, len(got), len(sent))
+	}
+	if rng.IntN(2) == 0 { // half-close: the origin's end comes back as the tunnel's end
+		c.(*net.TCPConn).CloseWrite()
+		if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
+			return fmt.Errorf("tunnel %d after its half-close: %q, %v; want the end", seed, rest, err)
+		}
+	}
+	return nil
 }
