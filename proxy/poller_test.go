@@ -319,3 +319,38 @@ func randomTraffic(addr, target string, seed uint64) error {
 	}
 	return nil
 }
+
+// TestPolledTunnelClientReset: a client that resets its connection while the origin
+// is still sending ends the tunnel: the origin's connection is closed and the tunnel
+// is logged.
+func TestPolledTunnelClientReset(t *testing.T) {
+	originGone := make(chan error, 1)
+	origin := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+		for i := 0; i < 100000; i++ { // bounded: about 10 s at most
+			if _, err := c.Write([]byte("tick\n")); err != nil {
+				originGone <- err
+				return
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		originGone <- nil
+	})
+	log := &syncBuffer{}
+	_, addr := serveProxy(t, Options{Logger: slog.New(slog.NewJSONHandler(log, nil))}, origin.addr())
+	c, br := openTunnel(t, addr, origin.addr())
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if line, err := br.ReadString('\n'); err != nil || line != "tick\n" {
+		t.Fatalf("through the tunnel: %q, %v", line, err)
+	}
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close() // a reset
+	select {
+	case err := <-originGone:
+		if err == nil {
+			t.Fatal("the origin wrote for 10 s; want its connection closed after the client's reset")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the origin's connection stayed open after the client's reset")
+	}
+	tunnelLogLine(t, log, origin.addr())
+}
