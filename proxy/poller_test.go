@@ -7,12 +7,14 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -351,6 +353,31 @@ func TestPolledTunnelClientReset(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the origin's connection stayed open after the client's reset")
+	}
+	tunnelLogLine(t, log, origin.addr())
+}
+
+// TestPolledTunnelOriginReset: an origin that resets its connection ends the tunnel
+// at once, even while the client is silent: the client sees its connection end.
+func TestPolledTunnelOriginReset(t *testing.T) {
+	origin := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+		io.WriteString(c, "bye\n")
+		time.Sleep(50 * time.Millisecond)
+		c.(*net.TCPConn).SetLinger(0) // the close below is a reset
+	})
+	log := &syncBuffer{}
+	_, addr := serveProxy(t, Options{Logger: slog.New(slog.NewJSONHandler(log, nil))}, origin.addr())
+	c, br := openTunnel(t, addr, origin.addr())
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if line, err := br.ReadString('\n'); err != nil || line != "bye\n" {
+		t.Fatalf("through the tunnel: %q, %v", line, err)
+	}
+	start := time.Now()
+	if _, err := br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("after the origin's reset: %v; want the client's connection ended", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("the client's connection ended %v after the origin's reset; want at once", d)
 	}
 	tunnelLogLine(t, log, origin.addr())
 }
