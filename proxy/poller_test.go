@@ -31,6 +31,16 @@ func openTunnel(t *testing.T, addr, target string) (net.Conn, *bufio.Reader) {
 	return c, br
 }
 
+// serveLogged serves a Proxy made with opts that allows origin and writes its log,
+// in JSON, to the returned buffer.
+func serveLogged(t *testing.T, opts Options, origin string) (*Proxy, string, *syncBuffer) {
+	t.Helper()
+	log := &syncBuffer{}
+	opts.Logger = slog.New(slog.NewJSONHandler(log, nil))
+	p, addr := serveProxy(t, opts, origin)
+	return p, addr, log
+}
+
 // tunnelLogLine waits for the access log line of the tunnel to target and returns it.
 func tunnelLogLine(t *testing.T, log *syncBuffer, target string) map[string]any {
 	t.Helper()
@@ -65,8 +75,7 @@ func TestPolledTunnelSmallPieces(t *testing.T) {
 			io.WriteString(c, "echo "+line)
 		}
 	})
-	log := &syncBuffer{}
-	_, addr := serveProxy(t, Options{Logger: slog.New(slog.NewJSONHandler(log, nil))}, origin.addr())
+	_, addr, log := serveLogged(t, Options{}, origin.addr())
 	c, br := openTunnel(t, addr, origin.addr())
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	up, down := 0, 0
@@ -107,8 +116,7 @@ func TestPolledTunnelBulk(t *testing.T) {
 		fmt.Fprintf(c, "%x\n", h.Sum(nil))
 		c.Write(payload)
 	})
-	log := &syncBuffer{}
-	_, addr := serveProxy(t, Options{Logger: slog.New(slog.NewJSONHandler(log, nil))}, origin.addr())
+	_, addr, log := serveLogged(t, Options{}, origin.addr())
 	c, br := openTunnel(t, addr, origin.addr())
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	go c.Write(payload)
@@ -196,8 +204,7 @@ func TestPollerHandsPendingToCopier(t *testing.T) {
 // and revoking them closes them all and logs each.
 func TestIdleTunnelsHoldNoGoroutines(t *testing.T) {
 	origin := startRawOrigin(t, echoLines("echo "))
-	log := &syncBuffer{}
-	p, addr := serveProxy(t, Options{CloseRevokedTunnels: true, Logger: slog.New(slog.NewJSONHandler(log, nil))}, origin.addr())
+	p, addr, log := serveLogged(t, Options{CloseRevokedTunnels: true}, origin.addr())
 	const n = 100
 	var brs []*bufio.Reader
 	for i := range n {
@@ -220,6 +227,16 @@ func TestIdleTunnelsHoldNoGoroutines(t *testing.T) {
 	}
 	if !waitFor(func() bool { return strings.Count(log.String(), `"closed":"revoked"`) == n }) {
 		t.Errorf("%d access log lines with closed=revoked; want %d", strings.Count(log.String(), `"closed":"revoked"`), n)
+	}
+}
+
+// expectLine reads a line through the tunnel c, within 5 s from now (the deadline
+// stays), and fails t unless it is want.
+func expectLine(t *testing.T, c net.Conn, br *bufio.Reader, want string) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if line, err := br.ReadString('\n'); err != nil || line != want {
+		t.Fatalf("through the tunnel: %q, %v; want %q", line, err, want)
 	}
 }
 
@@ -246,8 +263,7 @@ func goroutinesIn(funcs ...string) int {
 // copiers moved it, and every tunnel is logged with its counts.
 func TestTunnelsConcurrentRandomTraffic(t *testing.T) {
 	origin := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) { io.Copy(c, br) })
-	log := &syncBuffer{}
-	_, addr := serveProxy(t, Options{Logger: slog.New(slog.NewJSONHandler(log, nil))}, origin.addr())
+	_, addr, log := serveLogged(t, Options{}, origin.addr())
 	const tunnels = 48
 	errs := make(chan error, tunnels)
 	for i := range tunnels {
@@ -337,13 +353,9 @@ func TestPolledTunnelClientReset(t *testing.T) {
 		}
 		originGone <- nil
 	})
-	log := &syncBuffer{}
-	_, addr := serveProxy(t, Options{Logger: slog.New(slog.NewJSONHandler(log, nil))}, origin.addr())
+	_, addr, log := serveLogged(t, Options{}, origin.addr())
 	c, br := openTunnel(t, addr, origin.addr())
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if line, err := br.ReadString('\n'); err != nil || line != "tick\n" {
-		t.Fatalf("through the tunnel: %q, %v", line, err)
-	}
+	expectLine(t, c, br, "tick\n")
 	c.(*net.TCPConn).SetLinger(0)
 	c.Close() // a reset
 	select {
@@ -365,13 +377,9 @@ func TestPolledTunnelOriginReset(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		c.(*net.TCPConn).SetLinger(0) // the close below is a reset
 	})
-	log := &syncBuffer{}
-	_, addr := serveProxy(t, Options{Logger: slog.New(slog.NewJSONHandler(log, nil))}, origin.addr())
+	_, addr, log := serveLogged(t, Options{}, origin.addr())
 	c, br := openTunnel(t, addr, origin.addr())
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if line, err := br.ReadString('\n'); err != nil || line != "bye\n" {
-		t.Fatalf("through the tunnel: %q, %v", line, err)
-	}
+	expectLine(t, c, br, "bye\n")
 	start := time.Now()
 	if _, err := br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("after the origin's reset: %v; want the client's connection ended", err)
