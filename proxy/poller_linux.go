@@ -49,7 +49,7 @@ type pollSlot struct {
 type direction struct {
 	t              *tunnel
 	pl             *poller
-	src, dst       *net.TCPConn
+	dst            *net.TCPConn // half-closed when the source ends
 	srcRaw, dstRaw syscall.RawConn
 	count          *atomic.Int64
 	copier         func(*tunnel, []byte) // the goroutine that takes over
@@ -95,8 +95,8 @@ func (pl *poller) attach(t *tunnel) bool {
 		return false
 	}
 	t.dirs = [2]*direction{
-		{t: t, pl: pl, src: client, dst: t.upstream, srcRaw: cr, dstRaw: ur, count: &t.up, copier: copyClientToUpstream},
-		{t: t, pl: pl, src: t.upstream, dst: client, srcRaw: ur, dstRaw: cr, count: &t.down, copier: copyUpstreamToClient},
+		{t: t, pl: pl, dst: t.upstream, srcRaw: cr, dstRaw: ur, count: &t.up, copier: copyClientToUpstream},
+		{t: t, pl: pl, dst: client, srcRaw: ur, dstRaw: cr, count: &t.down, copier: copyUpstreamToClient},
 	}
 	pl.mu.Lock()
 	for _, d := range t.dirs {

@@ -73,17 +73,17 @@ func copyUpstreamToClient(t *tunnel, pending []byte) {
 }
 
 func (t *tunnel) copy(dst, src net.Conn, count *atomic.Int64, pending []byte) {
+	var err error
 	if len(pending) > 0 {
-		n, err := dst.Write(pending)
+		var n int
+		n, err = dst.Write(pending)
 		count.Add(int64(n))
-		if err != nil {
-			t.shut()
-			t.copierDone()
-			return
-		}
 	}
-	n, err := halfCopy(dst, src, t.otherDone)
-	count.Add(n)
+	if err == nil {
+		var n int64
+		n, err = halfCopy(dst, src, t.otherDone)
+		count.Add(n)
+	}
 	if err != nil {
 		t.shut() // a polled other direction learns of it here
 	}
@@ -260,7 +260,8 @@ func (s *tunnelSet) remove(t *tunnel) {
 }
 
 // each calls f for every tunnel open when it is called, outside the lock: closing a
-// tunnel that a poller moves ends it there and then, and its end takes the lock.
+// tunnel that a poller moves ends it there and then, and its end takes the lock; and
+// a sweep's TCP_INFO reads do not hold up tunnels opening and closing.
 func (s *tunnelSet) each(f func(*tunnel)) {
 	s.mu.Lock()
 	ts := make([]*tunnel, 0, len(s.m))
