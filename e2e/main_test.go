@@ -114,6 +114,8 @@ type daemonConfig struct {
 	// dnsServer, if set, is the fixture DNS server to use instead of one for zone,
 	// so that a test can ask it what it was asked.
 	dnsServer *dnstest.Server
+	// env adds environment variables to the daemon's.
+	env []string
 }
 
 // writeConfig writes cfg into a new temporary directory as egressd.yaml, with the
@@ -158,6 +160,7 @@ func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
 			binary, "serve", "--config", filepath.Join(dir, "egressd.yaml"))
 	}
 	d.cmd.Env = append(os.Environ(), "HTTP_PROXY=http://127.0.0.1:1", "HTTPS_PROXY=http://127.0.0.1:1", "http_proxy=http://127.0.0.1:1")
+	d.cmd.Env = append(d.cmd.Env, cfg.env...)
 	d.cmd.Stderr = d.logs
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -81,6 +81,29 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 }
 
+// TestProcessors checks, through the Go runtime's own gauge, that a running egressd
+// takes GOMAXPROCS from the processors key, else from the environment, else 1.
+func TestProcessors(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name, extra, env string
+		want             float64
+	}{
+		{"default", "", "", 1},
+		{"environment", "", "3", 3},
+		{"key over environment", "processors: 2\n", "3", 2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			d := startDaemon(t, daemonConfig{extra: tc.extra, env: []string{"GOMAXPROCS=" + tc.env}})
+			if got := d.metric("go_sched_gomaxprocs_threads"); got != tc.want {
+				t.Errorf("go_sched_gomaxprocs_threads = %v; want %v", got, tc.want)
+			}
+		})
+	}
+}
+
 // promtoolCheck runs `promtool check metrics` on an exposition.
 func promtoolCheck(t *testing.T, text string) {
 	t.Helper()

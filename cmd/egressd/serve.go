@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -36,6 +37,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		"egressd: not started: the configuration has errors (run 'egressd check' after fixing them)", args, stderr)
 	if !ok {
 		return code
+	}
+	if c.Processors > 0 {
+		runtime.GOMAXPROCS(c.Processors)
 	}
 	logOut := newBatchWriter(stderr)
 	defer logOut.Close()

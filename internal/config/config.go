@@ -45,6 +45,11 @@ const (
 type Config struct {
 	// Mode is "enforce" or "report". If empty, "enforce" is used.
 	Mode Mode `yaml:"mode"`
+	// Processors is how many CPUs run egressd's Go code at once (GOMAXPROCS). If
+	// zero: GOMAXPROCS from the environment if it is set, else 1. One function's
+	// traffic fits in one CPU, and one processor saves the Go scheduler's hand-offs
+	// of work between threads (see the README's Benchmarks).
+	Processors int `yaml:"processors"`
 	// Proxy configures the forward proxy listener.
 	Proxy Proxy `yaml:"proxy"`
 	// Metrics configures the listener that serves /metrics, /healthz and /readyz.
@@ -319,6 +324,11 @@ type Log struct {
 // defaults are set.
 func (c *Config) applyDefaults() {
 	setDefault(&c.Mode, ModeEnforce)
+	// GOMAXPROCS in the environment stands for an absent key: Go programs honour it,
+	// and an operator who sets it means it.
+	if os.Getenv("GOMAXPROCS") == "" {
+		setDefault(&c.Processors, defaults.Processors)
+	}
 	setDefault(&c.Proxy.Listen, defaults.ProxyListen)
 	if len(c.Proxy.AllowedPorts) == 0 {
 		c.Proxy.AllowedPorts = defaults.AllowedPorts()
@@ -559,6 +569,9 @@ func goTypeName(t string) string {
 }
 
 // validate checks values that decode but make no sense, with the line of each key.
+// maxProcessors is the Go runtime's own ceiling for GOMAXPROCS.
+const maxProcessors = 1024
+
 func (c *Config) validate(root *yaml.Node) error {
 	var ps Problems
 	add := func(keys []string, format string, args ...any) {
@@ -634,6 +647,9 @@ func (c *Config) validate(root *yaml.Node) error {
 	}
 	if c.Proxy.MaxResponseHeaderBytes < 0 {
 		add([]string{"proxy", "max_response_header_bytes"}, "%d is negative; leave it out for the default", c.Proxy.MaxResponseHeaderBytes)
+	}
+	if c.Processors < 0 || c.Processors > maxProcessors {
+		add([]string{"processors"}, "%d is not a processor count; write a number from 1 to %d, or leave it out for 1", c.Processors, maxProcessors)
 	}
 	if c.Proxy.MaxConnections < 0 {
 		add([]string{"proxy", "max_connections"}, "%d is negative; leave it out for the default", c.Proxy.MaxConnections)

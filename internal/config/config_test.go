@@ -61,6 +61,45 @@ func TestDefaultsAndRelativePaths(t *testing.T) {
 	}
 }
 
+// TestProcessors pins where GOMAXPROCS comes from: the key, else the environment's
+// GOMAXPROCS (left to the runtime: 0 here), else 1.
+func TestProcessors(t *testing.T) {
+	cases := []struct {
+		name, yaml, env string
+		want            int
+		err             string
+	}{
+		{"default", "", "", 1, ""},
+		{"environment", "", "3", 0, ""},
+		{"key over environment", "processors: 2\n", "3", 2, ""},
+		{"key", "processors: 4\n", "", 4, ""},
+		{"too many", "processors: 1025\n", "", 0, "processors: 1025 is not a processor count; write a number from 1 to 1024"},
+		{"negative", "processors: -1\n", "", 0, "processors: -1 is not a processor count"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("GOMAXPROCS", tc.env)
+			f := filepath.Join(t.TempDir(), "egressd.yaml")
+			if err := os.WriteFile(f, []byte("allowlist: [allow.d/]\n"+tc.yaml), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			c, err := LoadFile(f)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), "egressd.yaml:2:") {
+					t.Fatalf("LoadFile: %v; want egressd.yaml:2: %s", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("LoadFile: %v", err)
+			}
+			if c.Processors != tc.want {
+				t.Errorf("processors = %d; want %d", c.Processors, tc.want)
+			}
+		})
+	}
+}
+
 func TestShippedConfigLoads(t *testing.T) {
 	if _, err := LoadFile("../../configs/egressd.yaml"); err != nil {
 		t.Fatalf("LoadFile(configs/egressd.yaml): %v", err)

@@ -5,6 +5,9 @@ package defaults
 
 import "time"
 
+// Processors is how many CPUs run egressd's Go code at once (GOMAXPROCS).
+const Processors = 1
+
 // The proxy.
 const (
 	ProxyListen            = "127.0.0.1:3128"
