@@ -19,6 +19,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // openTunnel opens a tunnel to target through the proxy at addr.
@@ -388,4 +390,130 @@ func TestPolledTunnelOriginReset(t *testing.T) {
 		t.Errorf("the client's connection ended %v after the origin's reset; want at once", d)
 	}
 	tunnelLogLine(t, log, origin.addr())
+}
+
+// TestSocketClosesAfterItsLastUse: a polled tunnel's descriptor stays open, the same
+// socket, while a call uses it, however the tunnel is closed meanwhile; it closes
+// when that call is done, once, and no call starts on it after the close.
+func TestSocketClosesAfterItsLastUse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := detach(c.(*net.TCPConn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want unix.Stat_t
+	if err := unix.Fstat(s.fd, &want); err != nil {
+		t.Fatal(err)
+	}
+	same := func() bool { // the descriptor is open on the same socket
+		var st unix.Stat_t
+		return unix.Fstat(s.fd, &st) == nil && st.Ino == want.Ino && st.Dev == want.Dev
+	}
+	if !s.use() || !s.use() {
+		t.Fatal("use of an open socket refused")
+	}
+	s.close()
+	s.close() // a second close (a sweep after a revocation) changes nothing
+	if s.use() {
+		t.Fatal("use after close allowed")
+	}
+	s.done()
+	if !same() {
+		t.Fatal("closed while a call still used it")
+	}
+	s.done()
+	if same() {
+		t.Fatal("still open after the last use")
+	}
+}
+
+// openSockets is the number of this process's descriptors that are sockets (not the
+// pipes that net keeps for splice, in a pool of its own).
+func openSockets(t *testing.T) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, fd := range fds {
+		if target, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && strings.HasPrefix(target, "socket:") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestPolledTunnelsLeaveNoDescriptors: whichever way a tunnel ends (both sides done,
+// a bulk transfer handed to copiers, a revocation, a client's reset), every
+// socket descriptor it held, its own and its copiers', is closed.
+func TestPolledTunnelsLeaveNoDescriptors(t *testing.T) {
+	const bulk = 1 << 20
+	origin := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+		line, err := br.ReadString('\n')
+		switch {
+		case err != nil:
+		case line == "bulk\n":
+			c.Write(make([]byte, bulk))
+			io.Copy(io.Discard, br)
+		default:
+			io.WriteString(c, "echo "+line)
+			io.Copy(io.Discard, br)
+		}
+	})
+	p, addr, log := serveLogged(t, Options{CloseRevokedTunnels: true}, origin.addr())
+	// A first tunnel starts the pollers and the listeners' lasting descriptors.
+	c, br := openTunnel(t, addr, origin.addr())
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "warm\n")
+	expectLine(t, c, br, "echo warm\n")
+	c.Close()
+	if !waitFor(func() bool { return strings.Count(log.String(), `"method":"CONNECT"`) == 1 }) {
+		t.Fatal("the first tunnel did not end")
+	}
+	before := openSockets(t)
+
+	var held []net.Conn
+	for i := range 30 {
+		c, br := openTunnel(t, addr, origin.addr())
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		switch i % 3 {
+		case 0: // a request and its answer, then the client's end
+			fmt.Fprintf(c, "hello %d\n", i)
+			expectLine(t, c, br, fmt.Sprintf("echo hello %d\n", i))
+			c.Close()
+		case 1: // a download: the poller hands the direction to a copier
+			io.WriteString(c, "bulk\n")
+			if n, err := io.CopyN(io.Discard, br, bulk); err != nil {
+				t.Fatalf("tunnel %d: downloaded %d bytes, %v", i, n, err)
+			}
+			if i%2 == 0 {
+				c.(*net.TCPConn).SetLinger(0) // a reset
+			}
+			c.Close()
+		case 2: // left open, for the revocation
+			fmt.Fprintf(c, "hello %d\n", i)
+			expectLine(t, c, br, fmt.Sprintf("echo hello %d\n", i))
+			held = append(held, c)
+		}
+	}
+	p.SetPolicy(compileRules(t, "other.example.com"))
+	for _, c := range held {
+		c.Close()
+	}
+	if !waitFor(func() bool { return strings.Count(log.String(), `"method":"CONNECT"`) == 31 }) {
+		t.Fatalf("%d of 31 tunnels logged as ended", strings.Count(log.String(), `"method":"CONNECT"`))
+	}
+	if !waitFor(func() bool { return openSockets(t) <= before }) {
+		t.Errorf("%d sockets open after the tunnels ended; %d before", openSockets(t), before)
+	}
 }

@@ -21,11 +21,16 @@ func quietFor(c net.Conn) (quiet time.Duration, ok bool) {
 	if err != nil {
 		return 0, false
 	}
-	var info *unix.TCPInfo
 	cerr := raw.Control(func(fd uintptr) {
-		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		quiet, ok = quietFd(int(fd))
 	})
-	if cerr != nil || err != nil {
+	return quiet, ok && cerr == nil
+}
+
+// quietFd is quietFor of a socket descriptor.
+func quietFd(fd int) (time.Duration, bool) {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
 		return 0, false
 	}
 	ms := min(info.Last_data_recv, info.Last_data_sent)

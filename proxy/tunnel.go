@@ -31,8 +31,10 @@ const (
 // carries more, through TCPConn.ReadFrom, where Linux splice moves the bytes without
 // copying them through user space (see relay).
 type tunnel struct {
+	// client and upstream are the ends, nil once a poller has taken them (polled).
 	client   net.Conn
 	upstream *net.TCPConn
+	polled   *polledEnds
 	host     string
 	port     uint16
 	ex       *exchange
@@ -65,11 +67,30 @@ func (t *tunnel) start() {
 // named so that a goroutine dump says what they are. pending is what a poller read
 // and could not write before it gave the direction up.
 func copyClientToUpstream(t *tunnel, pending []byte) {
-	t.copy(t.upstream, t.client, &t.up, pending)
+	if client, upstream, ok := t.copierConns(); ok {
+		t.copy(upstream, client, &t.up, pending)
+	}
 }
 
 func copyUpstreamToClient(t *tunnel, pending []byte) {
-	t.copy(t.client, t.upstream, &t.down, pending)
+	if client, upstream, ok := t.copierConns(); ok {
+		t.copy(client, upstream, &t.down, pending)
+	}
+}
+
+// copierConns returns the ends for a copier. Once the tunnel is closed there are
+// none: the direction ends here.
+func (t *tunnel) copierConns() (client, upstream net.Conn, ok bool) {
+	if t.polled == nil {
+		return t.client, t.upstream, true
+	}
+	client, upstream, err := t.polled.copierConns()
+	if err != nil {
+		t.shut()
+		t.copierDone()
+		return nil, nil, false
+	}
+	return client, upstream, true
 }
 
 func (t *tunnel) copy(dst, src net.Conn, count *atomic.Int64, pending []byte) {
@@ -222,13 +243,25 @@ func (t *tunnel) close(reason string) {
 // shut closes both ends, and ends the directions a poller still moves: a closed
 // descriptor leaves the epoll instance with no event, so no read would tell them.
 func (t *tunnel) shut() {
-	t.client.Close()
-	t.upstream.Close()
+	if t.polled != nil {
+		t.polled.close()
+	} else {
+		t.client.Close()
+		t.upstream.Close()
+	}
 	for _, d := range t.dirs {
 		if d.release() {
 			t.copierDone()
 		}
 	}
+}
+
+// quiet is quietFor of the tunnel's client connection.
+func (t *tunnel) quiet() (time.Duration, bool) {
+	if t.polled != nil {
+		return t.polled.quiet()
+	}
+	return quietFor(t.client)
 }
 
 func (t *tunnel) closeReason() string {
@@ -307,7 +340,7 @@ func (s *tunnelSet) sweep(idle, halfClosed time.Duration, m *metrics, log *slog.
 				t.close(closeHalfClosed)
 				return
 			}
-			if quiet, ok := quietFor(t.client); ok && quiet >= idle {
+			if quiet, ok := t.quiet(); ok && quiet >= idle {
 				log.Debug("tunnel idle", "target", t.host, "quiet", quiet)
 				t.close(closeIdle)
 			}
