@@ -20,9 +20,9 @@ import (
 // own, edge-triggered, which the runtime's poller watches like any descriptor, so
 // the loop goroutine sleeps in the runtime, not in a system call. When its socket is
 // readable a direction is read once into the poller's buffer and written to the
-// other side at once. A direction whose destination cannot take all of it, or whose
-// read fills the buffer (a bulk transfer), leaves the poller for a copier goroutine
-// of its own: blocking writes and splice, as before, with nothing of the poller.
+// other side at once. When a destination cannot take all of a piece, or a read
+// fills the buffer (a bulk transfer), the tunnel leaves the poller for a copier
+// goroutine per direction: blocking writes and splice, with nothing of the poller.
 //
 // A polled tunnel's two sockets leave the runtime's poller altogether: attach
 // duplicates each descriptor and closes its net.Conn. The runtime keeps a record of
@@ -32,8 +32,9 @@ import (
 // descriptors itself (socket), each with a count of the calls using it, so that a
 // tunnel closed by a sweep, a revocation or a shutdown closes its descriptor only
 // after the poller's read or write in progress: never a reused descriptor number
-// under the poller. A direction that goes to a copier gets net.Conns again, made
-// from new duplicates (polledEnds.conns), the rare case of a bulk transfer.
+// under the poller. A tunnel that goes to copiers gets net.Conns again, made from
+// new duplicates, and its own descriptors close (polledEnds.copierConns): the rare
+// case of a bulk transfer.
 //
 // Events name a slot and its generation, never a pointer, so an event still queued
 // for a direction that has gone is recognised and dropped.
@@ -155,8 +156,8 @@ func (s *socket) quiet() (time.Duration, bool) {
 	return quietFd(s.fd)
 }
 
-// polledEnds are a polled tunnel's two sockets, and the net.Conns a copier moves
-// bytes through, made only when a direction goes to one.
+// polledEnds are a polled tunnel's two sockets, and, once the tunnel has gone to
+// copiers, the net.Conns they move bytes through instead.
 type polledEnds struct {
 	client, upstream *socket
 
@@ -182,6 +183,10 @@ func (e *polledEnds) copierConns() (client, upstream net.Conn, err error) {
 			return nil, nil, err
 		}
 		e.conns = [2]net.Conn{client, upstream}
+		// No direction is polled any more (toCopiers): the poller's descriptors
+		// close, after a read or write of the poller's still in progress.
+		e.client.close()
+		e.upstream.close()
 	}
 	return e.conns[0], e.conns[1], nil
 }
@@ -202,7 +207,15 @@ func (e *polledEnds) close() {
 }
 
 // quiet is quietFor of the client's socket.
-func (e *polledEnds) quiet() (time.Duration, bool) { return e.client.quiet() }
+func (e *polledEnds) quiet() (time.Duration, bool) {
+	e.mu.Lock()
+	c := e.conns[0]
+	e.mu.Unlock()
+	if c != nil {
+		return quietFor(c)
+	}
+	return e.client.quiet()
+}
 
 // newPollers returns n pollers, or none where epoll cannot be had (the tunnels then
 // use copier goroutines only).
@@ -285,17 +298,39 @@ func (d *direction) watch() {
 	if err == nil {
 		return
 	}
-	if d.release() { // not closed meanwhile: the copier finds out if it is
-		go d.copier(d.t, nil)
-	}
+	d.toCopiers(nil)
 }
 
-// unwatch stops the poller reading d's source, which stays open. The caller holds
-// a reference to d.src.
+// unwatch stops the poller reading d's source, which stays open.
 func (d *direction) unwatch() {
+	if !d.src.use() {
+		return // closed: it left the epoll instance with its descriptor
+	}
 	d.pl.rc.Control(func(efd uintptr) {
 		unix.EpollCtl(int(efd), unix.EPOLL_CTL_DEL, d.src.fd, nil)
 	})
+	d.src.done()
+}
+
+// toCopiers gives d, with the bytes pending for its destination, to a copier
+// goroutine, and the other direction too if the poller still moves it: a tunnel
+// leaves the poller whole, so that once the copiers have their connections it holds
+// one descriptor per end again, as the file-descriptor budget counts
+// (polledEnds.copierConns). It does nothing if d has left the poller already.
+func (d *direction) toCopiers(pending []byte) {
+	if !d.release() {
+		return
+	}
+	d.unwatch()
+	o := d.t.dirs[0]
+	if o == d {
+		o = d.t.dirs[1]
+	}
+	if o.release() {
+		o.unwatch()
+		go o.copier(o.t, nil)
+	}
+	go d.copier(d.t, pending)
 }
 
 // release takes d from the poller. It reports whether this call did; only that
@@ -402,10 +437,7 @@ func (pl *poller) pump(d *direction, events uint32) {
 		case w < n || n == len(pl.buf):
 			// The destination is full, or this is a bulk transfer: a copier's
 			// blocking writes and splice take over, with what is left of this piece.
-			if d.release() {
-				d.unwatch()
-				go d.copier(d.t, bytes.Clone(pl.buf[w:n]))
-			}
+			d.toCopiers(bytes.Clone(pl.buf[w:n]))
 			return
 		case events&hangUp == 0:
 			return

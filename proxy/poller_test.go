@@ -517,3 +517,45 @@ func TestPolledTunnelsLeaveNoDescriptors(t *testing.T) {
 		t.Errorf("%d sockets open after the tunnels ended; %d before", openSockets(t), before)
 	}
 }
+
+// TestTunnelLeavesPollerWhole: when a bulk transfer takes one direction of a polled
+// tunnel to a copier, the other direction goes too, and the tunnel holds one
+// descriptor per end again (as the file-descriptor budget counts), with both
+// directions still moving bytes.
+func TestTunnelLeavesPollerWhole(t *testing.T) {
+	const bulk = 1 << 20
+	origin := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if line == "bulk\n" {
+				c.Write(make([]byte, bulk))
+				continue
+			}
+			io.WriteString(c, "echo "+line)
+		}
+	})
+	_, addr, _ := serveLogged(t, Options{}, origin.addr())
+	c, br := openTunnel(t, addr, origin.addr())
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "first\n")
+	expectLine(t, c, br, "echo first\n")
+	// The test's client and the origin's connection, and egressd's two ends.
+	polled := openSockets(t)
+	io.WriteString(c, "bulk\n")
+	if n, err := io.CopyN(io.Discard, br, bulk); err != nil {
+		t.Fatalf("downloaded %d bytes, %v", n, err)
+	}
+	if copiers := goroutinesIn("copyClientToUpstream", "copyUpstreamToClient"); copiers != 2 {
+		t.Errorf("%d copier goroutines after the bulk transfer; want 2 (the tunnel leaves the poller whole)", copiers)
+	}
+	if !waitFor(func() bool { return openSockets(t) == polled }) {
+		t.Errorf("%d sockets open with the tunnel on copiers; %d while it was polled", openSockets(t), polled)
+	}
+	for i := range 3 {
+		fmt.Fprintf(c, "after %d\n", i)
+		expectLine(t, c, br, fmt.Sprintf("echo after %d\n", i))
+	}
+}
