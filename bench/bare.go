@@ -79,6 +79,9 @@ func startBareConnect(dir string, _ []string) (*peer, error) {
 		return nil, err
 	}
 	cmd := exec.Command(self, "-bare-connect", addr)
+	// On one processor, as egressd runs by default (its processors key): a ceiling
+	// on what egressd does, so on the same terms.
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
 	cmd.SysProcAttr = ownGroup()
 	cmd.Stderr, _ = os.Create(filepath.Join(dir, "bare-connect.log"))
 	if err := cmd.Start(); err != nil {
