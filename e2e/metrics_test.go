@@ -81,24 +81,29 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 }
 
-// TestProcessors checks, through the Go runtime's own gauge, that a running egressd
-// takes GOMAXPROCS from the processors key, else from the environment, else 1.
-func TestProcessors(t *testing.T) {
+// TestRuntimeSettings checks, through the Go runtime's own gauges, that a running
+// egressd takes GOMAXPROCS from the processors key and GOGC from gc_percent, else
+// from the environment, else 1 and 200.
+func TestRuntimeSettings(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
-		name, extra, env string
-		want             float64
+		name, extra string
+		env         []string
+		procs, gogc float64
 	}{
-		{"default", "", "", 1},
-		{"environment", "", "3", 3},
-		{"key over environment", "processors: 2\n", "3", 2},
+		{"defaults", "", []string{"GOMAXPROCS=", "GOGC="}, 1, 200},
+		{"environment", "", []string{"GOMAXPROCS=3", "GOGC=150"}, 3, 150},
+		{"keys over environment", "processors: 2\ngc_percent: 300\n", []string{"GOMAXPROCS=3", "GOGC=150"}, 2, 300},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			d := startDaemon(t, daemonConfig{extra: tc.extra, env: []string{"GOMAXPROCS=" + tc.env}})
-			if got := d.metric("go_sched_gomaxprocs_threads"); got != tc.want {
-				t.Errorf("go_sched_gomaxprocs_threads = %v; want %v", got, tc.want)
+			d := startDaemon(t, daemonConfig{extra: tc.extra, env: tc.env})
+			if got := d.metric("go_sched_gomaxprocs_threads"); got != tc.procs {
+				t.Errorf("go_sched_gomaxprocs_threads = %v; want %v", got, tc.procs)
+			}
+			if got := d.metric("go_gc_gogc_percent"); got != tc.gogc {
+				t.Errorf("go_gc_gogc_percent = %v; want %v", got, tc.gogc)
 			}
 		})
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -40,6 +41,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	if c.Processors > 0 {
 		runtime.GOMAXPROCS(c.Processors)
+	}
+	if c.GCPercent > 0 {
+		debug.SetGCPercent(c.GCPercent)
 	}
 	logOut := newBatchWriter(stderr)
 	defer logOut.Close()

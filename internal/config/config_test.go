@@ -100,6 +100,45 @@ func TestProcessors(t *testing.T) {
 	}
 }
 
+// TestGCPercent pins where GOGC comes from: the key, else the environment's GOGC
+// (left to the runtime: 0 here), else 200.
+func TestGCPercent(t *testing.T) {
+	cases := []struct {
+		name, yaml, env string
+		want            int
+		err             string
+	}{
+		{"default", "", "", 200, ""},
+		{"environment", "", "off", 0, ""},
+		{"key over environment", "gc_percent: 150\n", "50", 150, ""},
+		{"too much", "gc_percent: 10001\n", "", 0, "gc_percent: 10001 is out of range; write a number from 1 to 10000, or leave it out for 200"},
+		{"negative", "gc_percent: -1\n", "", 0, "gc_percent: -1 is out of range"},
+		{"off is not a number", "gc_percent: off\n", "", 0, `"off" is not a valid whole number`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("GOGC", tc.env)
+			f := filepath.Join(t.TempDir(), "egressd.yaml")
+			if err := os.WriteFile(f, []byte("allowlist: [allow.d/]\n"+tc.yaml), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			c, err := LoadFile(f)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), "egressd.yaml:2:") {
+					t.Fatalf("LoadFile: %v; want egressd.yaml:2: %s", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("LoadFile: %v", err)
+			}
+			if c.GCPercent != tc.want {
+				t.Errorf("gc_percent = %d; want %d", c.GCPercent, tc.want)
+			}
+		})
+	}
+}
+
 func TestShippedConfigLoads(t *testing.T) {
 	if _, err := LoadFile("../../configs/egressd.yaml"); err != nil {
 		t.Fatalf("LoadFile(configs/egressd.yaml): %v", err)

@@ -5,8 +5,12 @@ package defaults
 
 import "time"
 
-// Processors is how many CPUs run egressd's Go code at once (GOMAXPROCS).
-const Processors = 1
+// The Go runtime: how many CPUs run egressd's Go code at once (GOMAXPROCS), and
+// how far the heap grows past what is live before a collection (GOGC).
+const (
+	Processors = 1
+	GCPercent  = 200
+)
 
 // The proxy.
 const (
