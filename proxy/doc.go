@@ -15,10 +15,11 @@
 //     address, dial only a checked one); answers are bounded and streamed.
 //   - tunnel.go, after startTunnel (connect.go) has dialled: CONNECT tunnels relay raw
 //     TCP and pass half-closes on. A poller (poller_linux.go: an epoll instance of
-//     egressd's own) moves small pieces with a read and a write and holds no
-//     goroutine for an idle tunnel; a bulk transfer, or a destination that cannot
-//     take a piece at once, goes to a copier goroutine per direction, which moves
-//     bulk with Linux splice.
+//     egressd's own, holding the tunnel's sockets out of the runtime's poller) moves
+//     small pieces with a read and a write and holds no goroutine for an idle
+//     tunnel; a bulk transfer, or a destination that cannot take a piece at once,
+//     takes the tunnel to a copier goroutine per direction, which moves bulk with
+//     Linux splice.
 //
 // Every answer goproxy writes to a plain-HTTP client has a body bound to its
 // exchange: its WriteTo copies it (flushing each piece of an answer without a
