@@ -61,24 +61,33 @@ func TestDefaultsAndRelativePaths(t *testing.T) {
 	}
 }
 
-// TestProcessors pins where GOMAXPROCS comes from: the key, else the environment's
-// GOMAXPROCS (left to the runtime: 0 here), else 1.
-func TestProcessors(t *testing.T) {
+// TestRuntimeKeys pins where GOMAXPROCS and GOGC come from: the key, else the
+// environment's variable (left to the runtime: 0 here), else 1 and 200.
+func TestRuntimeKeys(t *testing.T) {
+	processors := func(c *Config) int { return c.Processors }
+	gcPercent := func(c *Config) int { return c.GCPercent }
 	cases := []struct {
-		name, yaml, env string
-		want            int
-		err             string
+		name, env, envValue, yaml string
+		get                       func(*Config) int
+		want                      int
+		err                       string
 	}{
-		{"default", "", "", 1, ""},
-		{"environment", "", "3", 0, ""},
-		{"key over environment", "processors: 2\n", "3", 2, ""},
-		{"key", "processors: 4\n", "", 4, ""},
-		{"too many", "processors: 1025\n", "", 0, "processors: 1025 is not a processor count; write a number from 1 to 1024"},
-		{"negative", "processors: -1\n", "", 0, "processors: -1 is not a processor count"},
+		{"processors default", "GOMAXPROCS", "", "", processors, 1, ""},
+		{"processors from the environment", "GOMAXPROCS", "3", "", processors, 0, ""},
+		{"processors key over environment", "GOMAXPROCS", "3", "processors: 2\n", processors, 2, ""},
+		{"processors key", "GOMAXPROCS", "", "processors: 4\n", processors, 4, ""},
+		{"too many processors", "GOMAXPROCS", "", "processors: 1025\n", processors, 0, "processors: 1025 is not a processor count; write a number from 1 to 1024"},
+		{"negative processors", "GOMAXPROCS", "", "processors: -1\n", processors, 0, "processors: -1 is not a processor count"},
+		{"gc_percent default", "GOGC", "", "", gcPercent, 200, ""},
+		{"gc_percent from the environment", "GOGC", "off", "", gcPercent, 0, ""},
+		{"gc_percent key over environment", "GOGC", "50", "gc_percent: 150\n", gcPercent, 150, ""},
+		{"gc_percent too large", "GOGC", "", "gc_percent: 10001\n", gcPercent, 0, "gc_percent: 10001 is out of range; write a number from 1 to 10000, or leave it out for 200"},
+		{"negative gc_percent", "GOGC", "", "gc_percent: -1\n", gcPercent, 0, "gc_percent: -1 is out of range"},
+		{"gc_percent off", "GOGC", "", "gc_percent: off\n", gcPercent, 0, `"off" is not a valid whole number`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Setenv("GOMAXPROCS", tc.env)
+			t.Setenv(tc.env, tc.envValue)
 			f := filepath.Join(t.TempDir(), "egressd.yaml")
 			if err := os.WriteFile(f, []byte("allowlist: [allow.d/]\n"+tc.yaml), 0o644); err != nil {
 				t.Fatal(err)
@@ -93,47 +102,8 @@ func TestProcessors(t *testing.T) {
 			if err != nil {
 				t.Fatalf("LoadFile: %v", err)
 			}
-			if c.Processors != tc.want {
-				t.Errorf("processors = %d; want %d", c.Processors, tc.want)
-			}
-		})
-	}
-}
-
-// TestGCPercent pins where GOGC comes from: the key, else the environment's GOGC
-// (left to the runtime: 0 here), else 200.
-func TestGCPercent(t *testing.T) {
-	cases := []struct {
-		name, yaml, env string
-		want            int
-		err             string
-	}{
-		{"default", "", "", 200, ""},
-		{"environment", "", "off", 0, ""},
-		{"key over environment", "gc_percent: 150\n", "50", 150, ""},
-		{"too much", "gc_percent: 10001\n", "", 0, "gc_percent: 10001 is out of range; write a number from 1 to 10000, or leave it out for 200"},
-		{"negative", "gc_percent: -1\n", "", 0, "gc_percent: -1 is out of range"},
-		{"off is not a number", "gc_percent: off\n", "", 0, `"off" is not a valid whole number`},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Setenv("GOGC", tc.env)
-			f := filepath.Join(t.TempDir(), "egressd.yaml")
-			if err := os.WriteFile(f, []byte("allowlist: [allow.d/]\n"+tc.yaml), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			c, err := LoadFile(f)
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), "egressd.yaml:2:") {
-					t.Fatalf("LoadFile: %v; want egressd.yaml:2: %s", err, tc.err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("LoadFile: %v", err)
-			}
-			if c.GCPercent != tc.want {
-				t.Errorf("gc_percent = %d; want %d", c.GCPercent, tc.want)
+			if got := tc.get(c); got != tc.want {
+				t.Errorf("got %d; want %d", got, tc.want)
 			}
 		})
 	}
