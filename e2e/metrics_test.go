@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -272,5 +274,82 @@ func TestBurstOfTunnelsLeavesNoRuntimeRecords(t *testing.T) {
 	// Watched by the runtime, the 3 000 descriptors would add about 1.6 MB.
 	if grown > 256<<10 {
 		t.Errorf("the runtime's other memory grew by %.0f KiB for %d open tunnels; want under 256 KiB", grown/1024, n)
+	}
+}
+
+// TestBulkTunnelsAtTheFileLimit: with ulimit -n 256, tunnels up to the
+// file-descriptor budget all turn to bulk transfers at once. Each leaves the poller
+// for copiers, which need descriptors of their own for a moment; none may lose a
+// byte for it.
+func TestBulkTunnelsAtTheFileLimit(t *testing.T) {
+	t.Parallel()
+	const tunnels, size = 90, 256 << 10
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if line == "bulk\n" {
+						c.Write(bytes.Repeat([]byte{'b'}, size))
+						continue
+					}
+					io.WriteString(c, line)
+				}
+			}()
+		}
+	}()
+	origin := ln.Addr().String()
+	d := startDaemon(t, daemonConfig{fileLimit: 256, files: map[string]string{"allow.d/a.txt": origin + "\n"}})
+	conns := make([]net.Conn, 0, tunnels)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := range tunnels {
+		c := openTunnel(t, d.proxy, origin)
+		conns = append(conns, c)
+		if err := roundTrip(c, fmt.Sprintf("hello %d\n", i)); err != nil {
+			t.Fatalf("tunnel %d: %v", i, err)
+		}
+	}
+	errs := make(chan error, tunnels)
+	for i, c := range conns {
+		go func() {
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			if _, err := io.WriteString(c, "bulk\n"); err != nil {
+				errs <- fmt.Errorf("tunnel %d: %w", i, err)
+				return
+			}
+			n, err := io.CopyN(io.Discard, c, size)
+			if err != nil {
+				err = fmt.Errorf("tunnel %d: %d of %d bytes: %w", i, n, size, err)
+			}
+			errs <- err
+		}()
+	}
+	for range tunnels {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	for i, c := range conns {
+		if err := roundTrip(c, "after\n"); err != nil {
+			t.Errorf("tunnel %d after its bulk transfer: %v", i, err)
+		}
 	}
 }

@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -34,7 +36,8 @@ import (
 // after the poller's read or write in progress: never a reused descriptor number
 // under the poller. A tunnel that goes to copiers gets net.Conns again, made from
 // new duplicates, and its own descriptors close (polledEnds.copierConns): the rare
-// case of a bulk transfer.
+// case of a bulk transfer. At the file limit, where no duplicate can be had, the
+// copiers take the poller's descriptors as *os.Files instead (no splice then).
 //
 // Events name a slot and its generation, never a pointer, so an event still queued
 // for a direction that has gone is recognised and dropped.
@@ -75,7 +78,12 @@ type socket struct {
 	refs atomic.Int32
 }
 
-const socketClosed = 1 << 30
+// socketClosed refuses new calls; socketTaken keeps the last reference from
+// closing the descriptor, which take has given away.
+const (
+	socketClosed = 1 << 30
+	socketTaken  = 1 << 29
+)
 
 // detach returns a duplicate of c's descriptor as a socket; c stays open.
 func detach(c *net.TCPConn) (*socket, error) {
@@ -116,6 +124,26 @@ func (s *socket) done() {
 	if s.refs.Add(-1) == socketClosed {
 		unix.Close(s.fd)
 	}
+}
+
+// take ends s's own use of its descriptor and gives it to the caller: no call
+// starts on it any more, and take returns once those in progress are done (a
+// poller's read or write, a sweep's TCP_INFO: each a system call, so the wait is
+// short). ok is false if s was closed first.
+func (s *socket) take() (fd int, ok bool) {
+	for {
+		r := s.refs.Load()
+		if r&socketClosed != 0 {
+			return -1, false
+		}
+		if s.refs.CompareAndSwap(r, r|socketClosed|socketTaken) {
+			break
+		}
+	}
+	for s.refs.Load() != socketClosed|socketTaken|1 { // the open reference alone
+		runtime.Gosched()
+	}
+	return s.fd, true
 }
 
 // close closes s once the calls in progress are done; later calls are refused.
@@ -174,21 +202,67 @@ func (e *polledEnds) copierConns() (client, upstream net.Conn, err error) {
 	if e.closed {
 		return nil, nil, net.ErrClosed
 	}
-	if e.conns[0] == nil {
-		if client, err = e.client.conn(); err != nil {
-			return nil, nil, err
-		}
+	if e.conns[0] != nil {
+		return e.conns[0], e.conns[1], nil
+	}
+	client, err = e.client.conn()
+	if err == nil {
 		if upstream, err = e.upstream.conn(); err != nil {
 			client.Close()
-			return nil, nil, err
 		}
-		e.conns = [2]net.Conn{client, upstream}
+	}
+	switch {
+	case err == nil:
 		// No direction is polled any more (toCopiers): the poller's descriptors
 		// close, after a read or write of the poller's still in progress.
 		e.client.close()
 		e.upstream.close()
+	case errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE):
+		// No descriptor left for a duplicate (the file limit): the copiers take
+		// the poller's own descriptors instead, without splice.
+		if client, upstream, err = e.takeFiles(); err != nil {
+			return nil, nil, err
+		}
+	default:
+		return nil, nil, err
 	}
-	return e.conns[0], e.conns[1], nil
+	e.conns = [2]net.Conn{client, upstream}
+	return client, upstream, nil
+}
+
+// takeFiles gives the tunnel's two descriptors to *os.Files, which the runtime's
+// poller waits for as for net.Conns; it takes no descriptor.
+func (e *polledEnds) takeFiles() (client, upstream net.Conn, err error) {
+	cfd, cok := e.client.take()
+	ufd, uok := e.upstream.take()
+	if !cok || !uok {
+		for fd, ok := range map[int]bool{cfd: cok, ufd: uok} {
+			if ok {
+				unix.Close(fd)
+			}
+		}
+		return nil, nil, net.ErrClosed
+	}
+	return fileConn{os.NewFile(uintptr(cfd), "tunnel client")}, fileConn{os.NewFile(uintptr(ufd), "tunnel upstream")}, nil
+}
+
+// fileConn is a tunnel's end as an *os.File, for a copier (takeFiles).
+type fileConn struct{ *os.File }
+
+func (fileConn) LocalAddr() net.Addr  { return nil }
+func (fileConn) RemoteAddr() net.Addr { return nil }
+
+// CloseWrite half-closes the socket, as TCPConn.CloseWrite does.
+func (c fileConn) CloseWrite() error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) { serr = unix.Shutdown(int(fd), unix.SHUT_WR) }); err != nil {
+		return err
+	}
+	return os.NewSyscallError("shutdown", serr)
 }
 
 // close closes both ends: the sockets and any copier's connections.

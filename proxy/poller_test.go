@@ -559,3 +559,55 @@ func TestTunnelLeavesPollerWhole(t *testing.T) {
 		expectLine(t, c, br, fmt.Sprintf("echo after %d\n", i))
 	}
 }
+
+// TestSocketTake: take gives the descriptor away once the calls in progress are
+// done; no call starts on it after, and neither their end nor a close closes it.
+func TestSocketTake(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := detach(c.(*net.TCPConn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.use() {
+		t.Fatal("use of an open socket refused")
+	}
+	taken := make(chan int)
+	go func() {
+		fd, ok := s.take()
+		if !ok {
+			fd = -1
+		}
+		taken <- fd
+	}()
+	select {
+	case <-taken:
+		t.Fatal("take returned while a call still used the descriptor")
+	case <-time.After(50 * time.Millisecond):
+	}
+	if s.use() {
+		t.Fatal("use allowed once take has begun")
+	}
+	s.done()
+	fd := <-taken
+	if fd != s.fd {
+		t.Fatalf("take gave %d; want %d", fd, s.fd)
+	}
+	s.close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatalf("the taken descriptor was closed: %v", err)
+	}
+	if _, ok := s.take(); ok {
+		t.Error("a second take succeeded")
+	}
+	unix.Close(fd)
+}
