@@ -253,19 +253,7 @@ func TestBurstOfTunnelsLeavesNoRuntimeRecords(t *testing.T) {
 	}
 	warm.Close()
 	before := d.metric("go_memstats_other_sys_bytes")
-	conns := make([]net.Conn, 0, n)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for i := range n {
-		c := openTunnel(t, d.proxy, echo)
-		conns = append(conns, c)
-		if err := roundTrip(c, "x"); err != nil {
-			t.Fatalf("tunnel %d: %v", i, err)
-		}
-	}
+	openTunnels(t, d, echo, n)
 	if v := d.metric("egressd_tunnels_active"); v != n {
 		t.Fatalf("egressd_tunnels_active = %v; want %d", v, n)
 	}
@@ -284,49 +272,15 @@ func TestBurstOfTunnelsLeavesNoRuntimeRecords(t *testing.T) {
 func TestBulkTunnelsAtTheFileLimit(t *testing.T) {
 	t.Parallel()
 	const tunnels, size = 90, 256 << 10
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if line == "bulk\n" {
-						c.Write(bytes.Repeat([]byte{'b'}, size))
-						continue
-					}
-					io.WriteString(c, line)
-				}
-			}()
+	origin := lineOrigin(t, func(c net.Conn, line string) {
+		if line == "bulk\n" {
+			c.Write(bytes.Repeat([]byte{'b'}, size))
+			return
 		}
-	}()
-	origin := ln.Addr().String()
+		io.WriteString(c, line)
+	})
 	d := startDaemon(t, daemonConfig{fileLimit: 256, files: map[string]string{"allow.d/a.txt": origin + "\n"}})
-	conns := make([]net.Conn, 0, tunnels)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for i := range tunnels {
-		c := openTunnel(t, d.proxy, origin)
-		conns = append(conns, c)
-		if err := roundTrip(c, fmt.Sprintf("hello %d\n", i)); err != nil {
-			t.Fatalf("tunnel %d: %v", i, err)
-		}
-	}
+	conns := openTunnels(t, d, origin, tunnels)
 	errs := make(chan error, tunnels)
 	for i, c := range conns {
 		go func() {
@@ -352,4 +306,55 @@ func TestBulkTunnelsAtTheFileLimit(t *testing.T) {
 			t.Errorf("tunnel %d after its bulk transfer: %v", i, err)
 		}
 	}
+}
+
+// openTunnels opens n tunnels through d to target, an origin that echoes lines, each
+// carrying one line there and back; they are closed when the test ends.
+func openTunnels(t *testing.T, d *daemon, target string, n int) []net.Conn {
+	t.Helper()
+	conns := make([]net.Conn, 0, n)
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	for i := range n {
+		c := openTunnel(t, d.proxy, target)
+		conns = append(conns, c)
+		if err := roundTrip(c, fmt.Sprintf("hello %d\n", i)); err != nil {
+			t.Fatalf("tunnel %d: %v", i, err)
+		}
+	}
+	return conns
+}
+
+// lineOrigin starts a raw TCP origin on 127.0.0.1 that calls answer with each line
+// a connection sends, and returns its address.
+func lineOrigin(t *testing.T, answer func(c net.Conn, line string)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					line, err := br.ReadString('\n')
+					if err != nil {
+						return
+					}
+					answer(c, line)
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }

@@ -396,20 +396,7 @@ func TestPolledTunnelOriginReset(t *testing.T) {
 // socket, while a call uses it, however the tunnel is closed meanwhile; it closes
 // when that call is done, once, and no call starts on it after the close.
 func TestSocketClosesAfterItsLastUse(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := detach(c.(*net.TCPConn))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := detachedSocket(t)
 	var want unix.Stat_t
 	if err := unix.Fstat(s.fd, &want); err != nil {
 		t.Fatal(err)
@@ -563,20 +550,7 @@ func TestTunnelLeavesPollerWhole(t *testing.T) {
 // TestSocketTake: take gives the descriptor away once the calls in progress are
 // done; no call starts on it after, and neither their end nor a close closes it.
 func TestSocketTake(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := detach(c.(*net.TCPConn))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := detachedSocket(t)
 	if !s.use() {
 		t.Fatal("use of an open socket refused")
 	}
@@ -610,4 +584,25 @@ func TestSocketTake(t *testing.T) {
 		t.Error("a second take succeeded")
 	}
 	unix.Close(fd)
+}
+
+// detachedSocket is a socket detached from a loopback connection that stays open
+// for the test.
+func detachedSocket(t *testing.T) *socket {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s, err := detach(c.(*net.TCPConn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
