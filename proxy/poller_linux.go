@@ -356,23 +356,35 @@ func (pl *poller) attach(t *tunnel) bool {
 	return true
 }
 
-// watch starts reading d's source; a direction that cannot be watched goes to a
-// copier.
-func (d *direction) watch() {
-	err := net.ErrClosed
-	if d.src.use() {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: d.slot, Pad: int32(d.gen)}
-		if cerr := d.pl.rc.Control(func(efd uintptr) {
-			err = unix.EpollCtl(int(efd), unix.EPOLL_CTL_ADD, d.src.fd, &ev)
-		}); cerr != nil {
-			err = cerr
-		}
-		d.src.done()
-	}
-	if err == nil {
+// watch starts reading t's two sources. If the first cannot be watched (the
+// kernel refuses the registration: its epoll limits, or the poller is stopped),
+// nothing of t is in the poller's hands and both directions go to copiers; if the
+// second cannot, the first may be already, and a copier reading beside the poller
+// could reorder its bytes: the tunnel ends.
+func (t *tunnel) watch() {
+	if err := t.dirs[0].watch(); err != nil {
+		t.dirs[0].toCopiers(nil)
 		return
 	}
-	d.toCopiers(nil)
+	if err := t.dirs[1].watch(); err != nil {
+		t.dirs[1].fail()
+	}
+}
+
+// watch registers d's source with the poller's epoll instance.
+func (d *direction) watch() error {
+	if !d.src.use() {
+		return net.ErrClosed
+	}
+	defer d.src.done()
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: d.slot, Pad: int32(d.gen)}
+	var err error
+	if cerr := d.pl.rc.Control(func(efd uintptr) {
+		err = unix.EpollCtl(int(efd), unix.EPOLL_CTL_ADD, d.src.fd, &ev)
+	}); cerr != nil {
+		return cerr
+	}
+	return err
 }
 
 // unwatch stops the poller reading d's source, which stays open.
@@ -390,7 +402,9 @@ func (d *direction) unwatch() {
 // goroutine, and the other direction too if the poller still moves it: a tunnel
 // leaves the poller whole, so that once the copiers have their connections it holds
 // one descriptor per end again, as the file-descriptor budget counts
-// (polledEnds.copierConns). It does nothing if d has left the poller already.
+// (polledEnds.copierConns). It runs on the poller's goroutine (pump), or before
+// either direction is watched, so the other direction is not being pumped
+// meanwhile. It does nothing if d has left the poller already.
 func (d *direction) toCopiers(pending []byte) {
 	if !d.release() {
 		return

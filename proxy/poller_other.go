@@ -23,5 +23,5 @@ func newPollers(int) []*poller      { return nil }
 func (*poller) attach(*tunnel) bool { return false }
 func (*poller) run()                {}
 func (*poller) stop()               {}
-func (*direction) watch()           {}
+func (*tunnel) watch()              {}
 func (*direction) release() bool    { return false }

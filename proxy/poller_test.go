@@ -606,3 +606,37 @@ func detachedSocket(t *testing.T) *socket {
 	}
 	return s
 }
+
+// TestUnwatchableTunnelGoesToCopiers: a tunnel whose first socket the epoll
+// instance refuses (here: the pollers stopped, their instances closed) has nothing
+// in the poller's hands, and both directions go to copiers: it still carries bytes
+// both ways and passes the half-close on.
+func TestUnwatchableTunnelGoesToCopiers(t *testing.T) {
+	origin := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+		n := 0
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				fmt.Fprintf(c, "bye after %d\n", n)
+				return
+			}
+			n++
+			io.WriteString(c, "echo "+line)
+		}
+	})
+	p, addr, log := serveLogged(t, Options{}, origin.addr())
+	p.nextPoller()
+	p.stopPollers()
+	c, br := openTunnel(t, addr, origin.addr())
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	for i := range 3 {
+		fmt.Fprintf(c, "line %d\n", i)
+		expectLine(t, c, br, fmt.Sprintf("echo line %d\n", i))
+	}
+	c.(*net.TCPConn).CloseWrite()
+	expectLine(t, c, br, "bye after 3\n")
+	c.Close()
+	if line := tunnelLogLine(t, log, origin.addr()); line["closed"] != closeDone {
+		t.Errorf("access log: closed %v; want %s", line["closed"], closeDone)
+	}
+}

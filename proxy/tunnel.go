@@ -55,8 +55,7 @@ type tunnel struct {
 // two copiers.
 func (t *tunnel) start() {
 	if t.dirs[0] != nil {
-		t.dirs[0].watch()
-		t.dirs[1].watch()
+		t.watch()
 		return
 	}
 	go copyClientToUpstream(t, nil)
