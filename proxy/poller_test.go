@@ -65,18 +65,7 @@ func tunnelLogLine(t *testing.T, log *syncBuffer, target string) map[string]any 
 // ways in order, the client's end arrives at the origin as a half-close while the
 // origin's answer still comes back, and the access log counts every byte.
 func TestPolledTunnelSmallPieces(t *testing.T) {
-	origin := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) {
-		n := 0
-		for {
-			line, err := br.ReadString('\n')
-			if err != nil {
-				fmt.Fprintf(c, "bye after %d\n", n) // after the client's half-close
-				return
-			}
-			n++
-			io.WriteString(c, "echo "+line)
-		}
-	})
+	origin := startRawOrigin(t, echoThenBye)
 	_, addr, log := serveLogged(t, Options{}, origin.addr())
 	c, br := openTunnel(t, addr, origin.addr())
 	c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -612,18 +601,7 @@ func detachedSocket(t *testing.T) *socket {
 // in the poller's hands, and both directions go to copiers: it still carries bytes
 // both ways and passes the half-close on.
 func TestUnwatchableTunnelGoesToCopiers(t *testing.T) {
-	origin := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) {
-		n := 0
-		for {
-			line, err := br.ReadString('\n')
-			if err != nil {
-				fmt.Fprintf(c, "bye after %d\n", n)
-				return
-			}
-			n++
-			io.WriteString(c, "echo "+line)
-		}
-	})
+	origin := startRawOrigin(t, echoThenBye)
 	p, addr, log := serveLogged(t, Options{}, origin.addr())
 	p.nextPoller()
 	p.stopPollers()
@@ -638,5 +616,20 @@ func TestUnwatchableTunnelGoesToCopiers(t *testing.T) {
 	c.Close()
 	if line := tunnelLogLine(t, log, origin.addr()); line["closed"] != closeDone {
 		t.Errorf("access log: closed %v; want %s", line["closed"], closeDone)
+	}
+}
+
+// echoThenBye is an origin that echoes each line and, after the client's
+// half-close, says how many lines it had.
+func echoThenBye(c net.Conn, br *bufio.Reader) {
+	n := 0
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			fmt.Fprintf(c, "bye after %d\n", n)
+			return
+		}
+		n++
+		io.WriteString(c, "echo "+line)
 	}
 }
