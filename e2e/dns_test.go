@@ -17,26 +17,36 @@ import (
 // countingOrigin is an echo origin on addr that counts the connections it accepts.
 func countingOrigin(t *testing.T, addr string) (string, *atomic.Int64) {
 	t.Helper()
+	var n atomic.Int64
+	return tcpOrigin(t, addr, func(c net.Conn) {
+		n.Add(1)
+		io.Copy(c, c)
+	}), &n
+}
+
+// tcpOrigin serves every connection accepted on addr with handle, on a goroutine of
+// its own, and closes it after; it returns the address. The listener closes when the
+// test ends.
+func tcpOrigin(t *testing.T, addr string, handle func(net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	var n atomic.Int64
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			n.Add(1)
 			go func() {
 				defer c.Close()
-				io.Copy(c, c)
+				handle(c)
 			}()
 		}
 	}()
-	return ln.Addr().String(), &n
+	return ln.Addr().String()
 }
 
 func TestPrivateAddressGuard(t *testing.T) {

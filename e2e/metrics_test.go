@@ -332,29 +332,14 @@ func openTunnels(t *testing.T, d *daemon, target string, n int) []net.Conn {
 // a connection sends, and returns its address.
 func lineOrigin(t *testing.T, answer func(c net.Conn, line string)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	return tcpOrigin(t, "127.0.0.1:0", func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			line, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					answer(c, line)
-				}
-			}()
+			answer(c, line)
 		}
-	}()
-	return ln.Addr().String()
+	})
 }

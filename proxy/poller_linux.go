@@ -92,18 +92,25 @@ func detach(c *net.TCPConn) (*socket, error) {
 		return nil, err
 	}
 	fd := -1
-	cerr := raw.Control(func(f uintptr) {
-		fd, err = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0)
-	})
+	cerr := raw.Control(func(f uintptr) { fd, err = dupCloexec(f) })
 	if cerr != nil {
 		return nil, cerr
 	}
 	if err != nil {
-		return nil, os.NewSyscallError("fcntl", err)
+		return nil, err
 	}
 	s := &socket{fd: fd}
 	s.refs.Store(1)
 	return s, nil
+}
+
+// dupCloexec duplicates fd, close-on-exec.
+func dupCloexec(fd uintptr) (int, error) {
+	d, err := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("fcntl", err)
+	}
+	return d, nil
 }
 
 // use takes a reference for a call on s.fd; false once s is closed.
@@ -165,10 +172,10 @@ func (s *socket) conn() (net.Conn, error) {
 	if !s.use() {
 		return nil, net.ErrClosed
 	}
-	fd, err := unix.FcntlInt(uintptr(s.fd), unix.F_DUPFD_CLOEXEC, 0)
+	fd, err := dupCloexec(uintptr(s.fd))
 	s.done()
 	if err != nil {
-		return nil, os.NewSyscallError("fcntl", err)
+		return nil, err
 	}
 	f := os.NewFile(uintptr(fd), "tunnel")
 	defer f.Close() // FileConn made a duplicate of its own
@@ -235,11 +242,12 @@ func (e *polledEnds) copierConns() (client, upstream net.Conn, err error) {
 func (e *polledEnds) takeFiles() (client, upstream net.Conn, err error) {
 	cfd, cok := e.client.take()
 	ufd, uok := e.upstream.take()
-	if !cok || !uok {
-		for fd, ok := range map[int]bool{cfd: cok, ufd: uok} {
-			if ok {
-				unix.Close(fd)
-			}
+	if !cok || !uok { // closed meanwhile: what was taken is closed here
+		if cok {
+			unix.Close(cfd)
+		}
+		if uok {
+			unix.Close(ufd)
 		}
 		return nil, nil, net.ErrClosed
 	}

@@ -54,7 +54,7 @@ type tunnel struct {
 // start moves the tunnel's bytes: on its poller if it has one (attached), else on
 // two copiers.
 func (t *tunnel) start() {
-	if t.dirs[0] != nil {
+	if t.polled != nil {
 		t.watch()
 		return
 	}

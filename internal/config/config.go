@@ -576,7 +576,6 @@ func goTypeName(t string) string {
 	return "value for this key"
 }
 
-// validate checks values that decode but make no sense, with the line of each key.
 // maxProcessors is the Go runtime's own ceiling for GOMAXPROCS; maxGCPercent lets
 // the heap grow a hundredfold, past any sense for a sidecar, before a collection.
 const (
@@ -584,6 +583,7 @@ const (
 	maxGCPercent  = 10000
 )
 
+// validate checks values that decode but make no sense, with the line of each key.
 func (c *Config) validate(root *yaml.Node) error {
 	var ps Problems
 	add := func(keys []string, format string, args ...any) {
