@@ -244,15 +244,24 @@ func (d *Dialer) Lookup(ctx context.Context, host string) ([]netip.Addr, error) 
 // Dial connects to host:port, where host is the normalized name (or address) that
 // the policy decided. Every error is an *Error.
 func (d *Dialer) Dial(ctx context.Context, host string, port uint16) (*net.TCPConn, error) {
+	return DialWith(ctx, d, host, port, d.connectTCP)
+}
+
+// DialWith is Dial with connect in place of the Dialer's own way of opening a
+// connection to a checked address: the proxy's tunnels open theirs as bare
+// sockets that never enter the Go runtime's poller. Resolving, the guard, the
+// loop check, the timeout and the errors are Dial's.
+func DialWith[C any](ctx context.Context, d *Dialer, host string, port uint16, connect func(context.Context, netip.AddrPort) (C, error)) (C, error) {
+	var none C
 	target := net.JoinHostPort(host, strconv.Itoa(int(port)))
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	addrs, err := d.resolve(ctx, host)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, &Error{Status: http.StatusGatewayTimeout, Reason: "timeout", Target: target, err: err}
+			return none, &Error{Status: http.StatusGatewayTimeout, Reason: "timeout", Target: target, err: err}
 		}
-		return nil, &Error{Status: http.StatusBadGateway, Reason: "dns", Target: target, err: err}
+		return none, &Error{Status: http.StatusBadGateway, Reason: "dns", Target: target, err: err}
 	}
 	var (
 		lastErr error
@@ -270,14 +279,9 @@ func (d *Dialer) Dial(ctx context.Context, host string, port uint16) (*net.TCPCo
 			}
 			continue
 		}
-		c, err := d.connect(ctx, ap)
+		c, err := connect(ctx, ap)
 		if err == nil {
-			if tc, ok := c.(*net.TCPConn); ok {
-				return tc, nil
-			}
-			c.Close()
-			return nil, &Error{Status: http.StatusBadGateway, Reason: "other", Target: target,
-				err: fmt.Errorf("dialling %s gave a %T, not a TCP connection", ap, c)}
+			return c, nil
 		}
 		lastErr = classify(target, err)
 		if ctx.Err() != nil {
@@ -285,9 +289,23 @@ func (d *Dialer) Dial(ctx context.Context, host string, port uint16) (*net.TCPCo
 		}
 	}
 	if lastErr == nil && guarded != nil {
-		return nil, guarded // every address was refused by the guard
+		return none, guarded // every address was refused by the guard
 	}
-	return nil, lastErr
+	return none, lastErr
+}
+
+// connectTCP opens a connection with the Dialer's connect, which must give a TCP
+// connection.
+func (d *Dialer) connectTCP(ctx context.Context, ap netip.AddrPort) (*net.TCPConn, error) {
+	c, err := d.connect(ctx, ap)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		return tc, nil
+	}
+	c.Close()
+	return nil, fmt.Errorf("dialling %s gave a %T, not a TCP connection", ap, c)
 }
 
 // dialTCP connects with no TCP keep-alive: Go's default costs four setsockopt calls

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/egressd/egressd/dialer"
 	"github.com/egressd/egressd/policy"
 )
 
@@ -306,13 +307,19 @@ func (ex *exchange) refuseConnect(r *http.Request, resp *http.Response) *http.Re
 }
 
 // startTunnel dials the decided target and answers 200, in the HTTP handler's
-// goroutine, then hands the bytes to two fresh copier goroutines and returns. An
-// idle tunnel so keeps only two shallow stacks alive, not the handler's deep one
-// (grown by parsing and dialling), the request, or net/http's buffers. The tunnel
-// owns ex from then on and finishes it when it ends.
+// goroutine, then hands the bytes to the tunnel and returns. An idle tunnel so
+// keeps nothing of the handler's deep stack (grown by parsing and dialling), the
+// request, or net/http's buffers. The tunnel owns ex from then on and finishes it
+// when it ends.
 func (p *Proxy) startTunnel(ex *exchange, client net.Conn) {
 	if ex.slot == nil {
 		ex.slot = p.acquireSlot()
+	}
+	if pl := p.nextPoller(); pl != nil {
+		if cs, ok := detachClient(client); ok {
+			p.startPolledTunnel(ex, client, cs, pl)
+			return
+		}
 	}
 	upstream, err := p.dialer.Dial(context.Background(), ex.host, ex.port)
 	if err != nil {
@@ -321,7 +328,7 @@ func (p *Proxy) startTunnel(ex *exchange, client net.Conn) {
 		ex.finish()
 		return
 	}
-	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+	if _, err := io.WriteString(client, connectEstablished); err != nil {
 		upstream.Close()
 		client.Close()
 		ex.status, ex.reason = 499, "client gone"
@@ -333,9 +340,55 @@ func (p *Proxy) startTunnel(ex *exchange, client net.Conn) {
 	p.relay(ex, client, upstream)
 }
 
+const connectEstablished = "HTTP/1.1 200 Connection established\r\n\r\n"
+
+// startPolledTunnel is startTunnel for a tunnel that a poller moves from the start:
+// its upstream is dialled as a bare socket (poller.connect), cs is the client's,
+// and neither end enters the runtime's poller. client, its net.Conn, answers a
+// refusal and is closed.
+func (p *Proxy) startPolledTunnel(ex *exchange, client net.Conn, cs *socket, pl *poller) {
+	upstream, err := dialer.DialWith(context.Background(), p.dialer, ex.host, ex.port, pl.connect)
+	if err != nil {
+		cs.close()
+		ex.refuseTunnel(client, err)
+		client.Close()
+		ex.finish()
+		return
+	}
+	var early []byte
+	if ec, ok := client.(*earlyConn); ok {
+		early = ec.early // sent before the 200, such as a TLS ClientHello
+	}
+	client.Close() // cs is the client's socket now
+	if _, err := pl.writeAll(cs, []byte(connectEstablished), p.opts.IdleTimeout); err != nil {
+		upstream.close()
+		cs.close()
+		ex.status, ex.reason = 499, "client gone"
+		ex.finish()
+		return
+	}
+	ex.status = http.StatusOK
+	ex.answered()
+	if len(early) > 0 {
+		n, err := pl.writeAll(upstream, early, p.opts.IdleTimeout)
+		ex.up.Add(int64(n))
+		if err != nil {
+			upstream.close()
+			cs.close()
+			ex.finish()
+			return
+		}
+	}
+	t := &tunnel{host: ex.host, port: ex.port, ex: ex, end: p.endTunnel}
+	t.running.Store(2)
+	pl.attachSockets(t, cs, upstream)
+	p.track(t)
+	t.start()
+}
+
 // relay hands client and upstream to a tunnel: the bytes the client sent early (an
-// earlyConn) go upstream first, then two copiers move the rest. The tunnel owns ex
-// from then on and finishes it when it ends.
+// earlyConn) go upstream first, then a poller or two copiers move the rest. The
+// tunnel owns ex from then on and finishes it when it ends.
 func (p *Proxy) relay(ex *exchange, client net.Conn, upstream *net.TCPConn) {
 	if ec, ok := client.(*earlyConn); ok {
 		client = ec.Conn
@@ -353,10 +406,16 @@ func (p *Proxy) relay(ex *exchange, client net.Conn, upstream *net.TCPConn) {
 	if pl := p.nextPoller(); pl != nil {
 		pl.attach(t) // before the tunnel is in the set, where sweeps find it
 	}
+	p.track(t)
+	t.start()
+}
+
+// track puts t in the tunnel set, where sweeps, revocations and shutdown find it,
+// and counts it.
+func (p *Proxy) track(t *tunnel) {
 	p.tunnels.add(t)
 	p.tunnelsLive.Add(1)
 	p.metrics.tunnelsActive.Inc()
-	t.start()
 }
 
 // endTunnel runs once, when both directions of t have ended.

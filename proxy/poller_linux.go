@@ -2,10 +2,10 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -53,9 +53,11 @@ type poller struct {
 	free  []int32
 }
 
+// pollSlot is what an event names: a direction, or a wait (ready is closed).
 type pollSlot struct {
-	d   *direction
-	gen uint32
+	d     *direction
+	ready chan struct{}
+	gen   uint32
 }
 
 // direction is one way of a tunnel while a poller moves its bytes.
@@ -68,127 +70,6 @@ type direction struct {
 	slot     int32
 	gen      uint32
 	polled   atomic.Bool // the poller owns it; cleared once, by release
-}
-
-// socket is a descriptor of a polled tunnel, out of the runtime's poller. refs
-// counts the open reference and the calls in progress; close sets socketClosed, and
-// the last reference gone closes the descriptor.
-type socket struct {
-	fd   int
-	refs atomic.Int32
-}
-
-// socketClosed refuses new calls; socketTaken keeps the last reference from
-// closing the descriptor, which take has given away.
-const (
-	socketClosed = 1 << 30
-	socketTaken  = 1 << 29
-)
-
-// detach returns a duplicate of c's descriptor as a socket; c stays open.
-func detach(c *net.TCPConn) (*socket, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	fd := -1
-	cerr := raw.Control(func(f uintptr) { fd, err = dupCloexec(f) })
-	if cerr != nil {
-		return nil, cerr
-	}
-	if err != nil {
-		return nil, err
-	}
-	s := &socket{fd: fd}
-	s.refs.Store(1)
-	return s, nil
-}
-
-// dupCloexec duplicates fd, close-on-exec.
-func dupCloexec(fd uintptr) (int, error) {
-	d, err := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return -1, os.NewSyscallError("fcntl", err)
-	}
-	return d, nil
-}
-
-// use takes a reference for a call on s.fd; false once s is closed.
-func (s *socket) use() bool {
-	for {
-		r := s.refs.Load()
-		if r&socketClosed != 0 {
-			return false
-		}
-		if s.refs.CompareAndSwap(r, r+1) {
-			return true
-		}
-	}
-}
-
-// done gives back use's reference.
-func (s *socket) done() {
-	if s.refs.Add(-1) == socketClosed {
-		unix.Close(s.fd)
-	}
-}
-
-// take ends s's own use of its descriptor and gives it to the caller: no call
-// starts on it any more, and take returns once those in progress are done (a
-// poller's read or write, a sweep's TCP_INFO: each a system call, so the wait is
-// short). ok is false if s was closed first.
-func (s *socket) take() (fd int, ok bool) {
-	for {
-		r := s.refs.Load()
-		if r&socketClosed != 0 {
-			return -1, false
-		}
-		if s.refs.CompareAndSwap(r, r|socketClosed|socketTaken) {
-			break
-		}
-	}
-	for s.refs.Load() != socketClosed|socketTaken|1 { // the open reference alone
-		runtime.Gosched()
-	}
-	return s.fd, true
-}
-
-// close closes s once the calls in progress are done; later calls are refused.
-func (s *socket) close() {
-	for {
-		r := s.refs.Load()
-		if r&socketClosed != 0 {
-			return
-		}
-		if s.refs.CompareAndSwap(r, r|socketClosed) {
-			s.done() // the open reference
-			return
-		}
-	}
-}
-
-// conn returns a net.Conn of its own on s's socket, for a copier.
-func (s *socket) conn() (net.Conn, error) {
-	if !s.use() {
-		return nil, net.ErrClosed
-	}
-	fd, err := dupCloexec(uintptr(s.fd))
-	s.done()
-	if err != nil {
-		return nil, err
-	}
-	f := os.NewFile(uintptr(fd), "tunnel")
-	defer f.Close() // FileConn made a duplicate of its own
-	return net.FileConn(f)
-}
-
-// quiet is quietFor of s.
-func (s *socket) quiet() (time.Duration, bool) {
-	if !s.use() {
-		return 0, false
-	}
-	defer s.done()
-	return quietFd(s.fd)
 }
 
 // polledEnds are a polled tunnel's two sockets, and, once the tunnel has gone to
@@ -343,6 +224,12 @@ func (pl *poller) attach(t *tunnel) bool {
 	client.Close()
 	t.upstream.Close()
 	t.client, t.upstream = nil, nil
+	pl.attachSockets(t, cs, us)
+	return true
+}
+
+// attachSockets gives t's two directions to pl, and its two sockets to t.polled.
+func (pl *poller) attachSockets(t *tunnel, cs, us *socket) {
 	t.polled = &polledEnds{client: cs, upstream: us}
 	t.dirs = [2]*direction{
 		{t: t, pl: pl, src: cs, dst: us, count: &t.up, copier: copyClientToUpstream},
@@ -351,17 +238,64 @@ func (pl *poller) attach(t *tunnel) bool {
 	pl.mu.Lock()
 	for _, d := range t.dirs {
 		d.polled.Store(true)
-		if n := len(pl.free); n > 0 {
-			d.slot, pl.free = pl.free[n-1], pl.free[:n-1]
-		} else {
-			d.slot = int32(len(pl.slots))
-			pl.slots = append(pl.slots, pollSlot{})
-		}
-		d.gen = pl.slots[d.slot].gen
-		pl.slots[d.slot].d = d
+		d.slot, d.gen = pl.takeSlot(pollSlot{d: d})
 	}
 	pl.mu.Unlock()
-	return true
+}
+
+// takeSlot puts s in a free slot and returns the slot and its generation, which an
+// event for it carries. pl.mu is held.
+func (pl *poller) takeSlot(s pollSlot) (slot int32, gen uint32) {
+	if n := len(pl.free); n > 0 {
+		slot, pl.free = pl.free[n-1], pl.free[:n-1]
+	} else {
+		slot = int32(len(pl.slots))
+		pl.slots = append(pl.slots, pollSlot{})
+	}
+	s.gen = pl.slots[slot].gen
+	pl.slots[slot] = s
+	return slot, s.gen
+}
+
+// freeSlot empties slot; events still queued for it are dropped. pl.mu is held.
+func (pl *poller) freeSlot(slot int32) {
+	s := &pl.slots[slot]
+	s.d, s.ready = nil, nil
+	s.gen++
+	pl.free = append(pl.free, slot)
+}
+
+// wait returns once fd has one of events (EPOLLIN, EPOLLOUT), or an error or
+// hang-up, or with ctx's error once ctx ends first.
+func (pl *poller) wait(ctx context.Context, fd int, events uint32) error {
+	ready := make(chan struct{})
+	pl.mu.Lock()
+	slot, gen := pl.takeSlot(pollSlot{ready: ready})
+	pl.mu.Unlock()
+	defer func() {
+		pl.mu.Lock()
+		pl.freeSlot(slot)
+		pl.mu.Unlock()
+	}()
+	ev := unix.EpollEvent{Events: events | unix.EPOLLONESHOT, Fd: slot, Pad: int32(gen)}
+	var err error
+	if cerr := pl.rc.Control(func(efd uintptr) {
+		err = unix.EpollCtl(int(efd), unix.EPOLL_CTL_ADD, fd, &ev)
+	}); cerr != nil {
+		return cerr
+	}
+	if err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	defer pl.rc.Control(func(efd uintptr) {
+		unix.EpollCtl(int(efd), unix.EPOLL_CTL_DEL, fd, nil)
+	})
+	select {
+	case <-ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // watch starts reading t's two sources. If the first cannot be watched (the
@@ -437,10 +371,7 @@ func (d *direction) release() bool {
 	}
 	pl := d.pl
 	pl.mu.Lock()
-	s := &pl.slots[d.slot]
-	s.d = nil
-	s.gen++
-	pl.free = append(pl.free, d.slot)
+	pl.freeSlot(d.slot)
 	pl.mu.Unlock()
 	return true
 }
@@ -455,7 +386,7 @@ func (pl *poller) run() {
 	ready := make([]readyDirection, 0, len(events))
 	pl.rc.Read(func(efd uintptr) bool {
 		for {
-			n, err := unix.EpollWait(int(efd), events, 0)
+			n, err := rawEpollWaitNow(int(efd), events)
 			if err == unix.EINTR {
 				continue
 			}
@@ -465,8 +396,13 @@ func (pl *poller) run() {
 			pl.mu.Lock()
 			for _, ev := range events[:n] {
 				if ev.Fd >= 0 && int(ev.Fd) < len(pl.slots) {
-					if s := pl.slots[ev.Fd]; s.d != nil && s.gen == uint32(ev.Pad) {
+					switch s := &pl.slots[ev.Fd]; {
+					case s.gen != uint32(ev.Pad):
+					case s.d != nil:
 						ready = append(ready, readyDirection{s.d, ev.Events})
+					case s.ready != nil:
+						close(s.ready) // a wait's one event (EPOLLONESHOT)
+						s.ready = nil
 					}
 				}
 			}
@@ -506,9 +442,9 @@ func (pl *poller) pump(d *direction, events uint32) {
 	}
 	defer d.dst.done()
 	for d.polled.Load() {
-		n, rerr := unix.Read(d.src.fd, pl.buf)
+		n, rerr := rawRead(d.src.fd, pl.buf)
 		for rerr == unix.EINTR {
-			n, rerr = unix.Read(d.src.fd, pl.buf)
+			n, rerr = rawRead(d.src.fd, pl.buf)
 		}
 		switch {
 		case rerr == unix.EAGAIN:
@@ -520,9 +456,9 @@ func (pl *poller) pump(d *direction, events uint32) {
 			d.eof()
 			return
 		}
-		w, werr := unix.Write(d.dst.fd, pl.buf[:n])
+		w, werr := rawWrite(d.dst.fd, pl.buf[:n])
 		for werr == unix.EINTR {
-			w, werr = unix.Write(d.dst.fd, pl.buf[:n])
+			w, werr = rawWrite(d.dst.fd, pl.buf[:n])
 		}
 		w = max(w, 0)
 		d.count.Add(int64(w))
@@ -547,7 +483,7 @@ func (d *direction) eof() {
 		return
 	}
 	if !d.t.otherDone() && d.dst.use() {
-		unix.Shutdown(d.dst.fd, unix.SHUT_WR)
+		rawShutdown(d.dst.fd, unix.SHUT_WR)
 		d.dst.done()
 	}
 	d.t.copierDone()

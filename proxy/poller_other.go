@@ -3,7 +3,9 @@
 package proxy
 
 import (
+	"context"
 	"net"
+	"net/netip"
 	"time"
 )
 
@@ -25,3 +27,12 @@ func (*poller) run()                {}
 func (*poller) stop()               {}
 func (*tunnel) watch()              {}
 func (*direction) release() bool    { return false }
+
+// socket is never made here: tunnels keep their net.Conns.
+type socket struct{}
+
+func (*socket) close()                                                   {}
+func detachClient(net.Conn) (*socket, bool)                              { return nil, false }
+func (*poller) attachSockets(*tunnel, *socket, *socket)                  {}
+func (*poller) writeAll(*socket, []byte, time.Duration) (int, error)     { return 0, net.ErrClosed }
+func (*poller) connect(context.Context, netip.AddrPort) (*socket, error) { return nil, net.ErrClosed }

@@ -1,0 +1,179 @@
+//go:build linux
+
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// startedPoller returns a running poller, stopped at the test's end.
+func startedPoller(t *testing.T) *poller {
+	t.Helper()
+	pls := newPollers(1)
+	if len(pls) == 0 {
+		t.Skip("no epoll")
+	}
+	go pls[0].run()
+	t.Cleanup(pls[0].stop)
+	return pls[0]
+}
+
+// TestConnectSocket: a tunnel's upstream dialled as a bare socket carries bytes,
+// and a refused or unanswered connection fails as net.Dialer's would, in words and
+// in kind, leaving no socket open.
+func TestConnectSocket(t *testing.T) {
+	pl := startedPoller(t)
+	before := openSockets(t)
+
+	t.Run("connects", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		s, err := pl.connect(context.Background(), netip.MustParseAddrPort(ln.Addr().String()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.close()
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if n, err := pl.writeAll(s, []byte("hello"), time.Second); n != 5 || err != nil {
+			t.Fatalf("writeAll: %d, %v", n, err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got := make([]byte, 5)
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != "hello" {
+			t.Fatalf("origin read %q, %v", got, err)
+		}
+		if v, err := unix.GetsockoptInt(s.fd, unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
+			t.Errorf("TCP_NODELAY %d, %v; want set, as net.Dialer sets it", v, err)
+		}
+	})
+
+	t.Run("refused", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close() // nothing listens there now
+		_, want := (&net.Dialer{}).Dial("tcp", addr)
+		s, err := pl.connect(context.Background(), netip.MustParseAddrPort(addr))
+		if err == nil {
+			s.close()
+			t.Fatal("connected to a closed port")
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) || want == nil || err.Error() != want.Error() {
+			t.Errorf("error %q; want net.Dialer's %q, an ECONNREFUSED", err, want)
+		}
+	})
+
+	t.Run("waits", func(t *testing.T) {
+		ln, full := fullListener(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		s, err := pl.connect(ctx, ln)
+		if err == nil {
+			s.close()
+			t.Fatal("connected past a full accept queue")
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() || !strings.HasSuffix(err.Error(), ": i/o timeout") {
+			t.Errorf("error %q; want a timeout, as net.Dialer's", err)
+		}
+		if took := time.Since(start); took > 2*time.Second {
+			t.Errorf("gave up after %v; want about 300ms", took)
+		}
+
+		// A connection that is not made within connect is made once the queue has
+		// room: the wait in the poller ends with it.
+		done := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			s, err := pl.connect(ctx, ln)
+			if err == nil {
+				s.close()
+			}
+			done <- err
+		}()
+		time.Sleep(100 * time.Millisecond) // the SYN is dropped meanwhile
+		full()                             // the queue empties; the SYN is sent again within a few seconds
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("connect after the queue emptied: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("connect did not end")
+		}
+	})
+
+	if after := openSockets(t); after != before {
+		t.Errorf("%d sockets open after the connects; %d before", after, before)
+	}
+}
+
+// fullListener returns the address of a listener on loopback whose accept queue is
+// full, so that a SYN to it is dropped, and a function that empties the queue and
+// accepts from then on.
+func fullListener(t *testing.T) (netip.AddrPort, func()) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil { // a queue of one
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
+	var fillers []net.Conn
+	for range 4 { // connections the queue takes, until it takes no more
+		c, err := net.DialTimeout("tcp", ap.String(), 200*time.Millisecond)
+		if err != nil {
+			break
+		}
+		fillers = append(fillers, c)
+	}
+	accepting := func() {
+		go func() {
+			for {
+				nfd, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC)
+				if err != nil {
+					return
+				}
+				unix.Close(nfd)
+			}
+		}()
+	}
+	t.Cleanup(func() {
+		unix.Shutdown(fd, unix.SHUT_RDWR) // ends a blocked accept
+		unix.Close(fd)
+		for _, c := range fillers {
+			c.Close()
+		}
+	})
+	return ap, accepting
+}
