@@ -41,10 +41,10 @@ var headBufs = sync.Pool{New: func() any { b := make([]byte, headSize); return &
 // serveConns accepts on ln until it is closed, and reads each connection's first
 // request on a goroutine of its own. Accept errors are retried as net/http's Serve
 // retries them; a permanent one ends the loop, and h passes it on to net/http.
-func (p *Proxy) serveConns(ln net.Listener, h *handoff) {
+func (p *Proxy) serveConns(accept func() (job, error), h *handoff) {
 	var delay time.Duration
 	for {
-		c, err := ln.Accept()
+		j, err := accept()
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
@@ -58,24 +58,54 @@ func (p *Proxy) serveConns(ln net.Listener, h *handoff) {
 		delay = 0
 		// Counted before the next Accept, which waits while the budget is spent.
 		p.reading.Add(1)
-		p.workers.start(job{conn: c, slot: p.acquireSlot(), h: h})
+		j.slot, j.h = p.acquireSlot(), h
+		p.workers.start(j)
+	}
+}
+
+// acceptConn returns ln's accept: of bare sockets that never enter the runtime's
+// poller where tunnels can have pollers and ln is a TCP listener, else of net.Conns.
+// A listener's RawConn cannot wait, so bare sockets are accepted on a duplicate of
+// its descriptor, an *os.File, which ln closes with itself.
+func (p *Proxy) acceptConn(ln *acceptLimiter) func() (job, error) {
+	if tl, ok := ln.Listener.(*net.TCPListener); ok && len(p.pollers) > 0 {
+		if rc, err := ln.duplicate(tl); err == nil {
+			return func() (job, error) {
+				ln.awaitBudget()
+				s, peer, err := acceptSocket(rc, tl.Addr())
+				ln.noteError(err)
+				if err != nil {
+					return job{}, err
+				}
+				return job{sock: s, peer: peer, pl: p.nextPoller()}, nil
+			}
+		}
+	}
+	return func() (job, error) {
+		c, err := ln.Accept()
+		return job{conn: c}, err
 	}
 }
 
 // firstRequest serves a connection whose first request is a plain CONNECT, and hands
 // every other connection to net/http.
-func (p *Proxy) firstRequest(c net.Conn, slot *connSlot, h *handoff) {
+func (p *Proxy) firstRequest(j job) {
 	defer p.reading.Add(-1)
 	headBy := time.Now().Add(p.opts.ReadHeaderTimeout)
-	c.SetReadDeadline(headBy)
+	var src io.Reader = j.conn
+	if j.sock != nil {
+		src = &sockReader{pl: j.pl, s: j.sock, by: headBy}
+	} else {
+		j.conn.SetReadDeadline(headBy)
+	}
 	buf := headBufs.Get().(*[]byte)
-	n, end, err := readHead(c, *buf)
+	n, end, err := readHead(src, *buf)
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		// What net/http does at its ReadHeaderTimeout: close, with no answer.
 		headBufs.Put(buf)
-		slot.release()
-		c.Close()
+		j.slot.release()
+		j.close()
 		return
 	}
 	var r *http.Request
@@ -85,8 +115,14 @@ func (p *Proxy) firstRequest(c net.Conn, slot *connSlot, h *handoff) {
 	if r == nil || p.conns.Load() > int64(p.opts.MaxConnections) || isLocalHost(r.URL.Hostname()) {
 		head := bytes.Clone((*buf)[:n])
 		headBufs.Put(buf)
-		slot.release() // net/http counts the connection again
-		h.give(&earlyConn{Conn: c, early: head, headBy: headBy})
+		j.slot.release() // net/http counts the connection again
+		c := j.conn
+		if j.sock != nil {
+			if c, err = j.sock.handOff(j.peer, j.h.Addr()); err != nil {
+				return
+			}
+		}
+		j.h.give(&earlyConn{Conn: c, early: head, headBy: headBy})
 		return
 	}
 	var early []byte
@@ -94,14 +130,23 @@ func (p *Proxy) firstRequest(c net.Conn, slot *connSlot, h *handoff) {
 		early = bytes.Clone((*buf)[end:n]) // sent before the 200, such as a TLS ClientHello
 	}
 	headBufs.Put(buf)
-	c.SetReadDeadline(time.Time{})
-	r.RemoteAddr = c.RemoteAddr().String()
-	ex, refusal := p.decideConnect(r, r.URL.Host, slot)
+	if j.sock != nil {
+		r.RemoteAddr = j.peer.String()
+	} else {
+		j.conn.SetReadDeadline(time.Time{})
+		r.RemoteAddr = j.conn.RemoteAddr().String()
+	}
+	ex, refusal := p.decideConnect(r, r.URL.Host, j.slot)
 	if refusal != nil {
-		refusal.Write(c)
-		c.Close()
+		refusal.Write(j.writer(p.opts.IdleTimeout))
+		j.close()
 		return
 	}
+	if j.sock != nil {
+		p.startPolledTunnel(ex, j.sock, early, j.pl)
+		return
+	}
+	c := j.conn
 	if early != nil {
 		c = &earlyConn{Conn: c, early: early}
 	}
@@ -111,7 +156,7 @@ func (p *Proxy) firstRequest(c net.Conn, slot *connSlot, h *handoff) {
 // readHead reads from c into buf while what it has read can be the start of a
 // CONNECT request, until a whole head (ended by an empty line) is in buf. It returns
 // the bytes read and where the head ends: 0 if they are not a whole CONNECT head.
-func readHead(c net.Conn, buf []byte) (n, end int, err error) {
+func readHead(c io.Reader, buf []byte) (n, end int, err error) {
 	for n < len(buf) {
 		var m int
 		m, err = c.Read(buf[n:])
@@ -317,7 +362,12 @@ func (p *Proxy) startTunnel(ex *exchange, client net.Conn) {
 	}
 	if pl := p.nextPoller(); pl != nil {
 		if cs, ok := detachClient(client); ok {
-			p.startPolledTunnel(ex, client, cs, pl)
+			var early []byte
+			if ec, ok := client.(*earlyConn); ok {
+				early = ec.early
+			}
+			client.Close() // cs is the client's socket now
+			p.startPolledTunnel(ex, cs, early, pl)
 			return
 		}
 	}
@@ -342,24 +392,21 @@ func (p *Proxy) startTunnel(ex *exchange, client net.Conn) {
 
 const connectEstablished = "HTTP/1.1 200 Connection established\r\n\r\n"
 
-// startPolledTunnel is startTunnel for a tunnel that a poller moves from the start:
-// its upstream is dialled as a bare socket (poller.connect), cs is the client's,
-// and neither end enters the runtime's poller. client, its net.Conn, answers a
-// refusal and is closed.
-func (p *Proxy) startPolledTunnel(ex *exchange, client net.Conn, cs *socket, pl *poller) {
+// startPolledTunnel is startTunnel for a tunnel that pl moves from the start: cs
+// is the client's socket, the upstream is dialled as one (poller.connect), and
+// neither enters the runtime's poller. early is what the client sent after its
+// CONNECT, such as a TLS ClientHello; it goes upstream first.
+func (p *Proxy) startPolledTunnel(ex *exchange, cs *socket, early []byte, pl *poller) {
+	if ex.slot == nil {
+		ex.slot = p.acquireSlot()
+	}
 	upstream, err := dialer.DialWith(context.Background(), p.dialer, ex.host, ex.port, pl.connect)
 	if err != nil {
+		ex.refuseTunnel(socketWriter{pl, cs, p.opts.IdleTimeout}, err)
 		cs.close()
-		ex.refuseTunnel(client, err)
-		client.Close()
 		ex.finish()
 		return
 	}
-	var early []byte
-	if ec, ok := client.(*earlyConn); ok {
-		early = ec.early // sent before the 200, such as a TLS ClientHello
-	}
-	client.Close() // cs is the client's socket now
 	if _, err := pl.writeAll(cs, []byte(connectEstablished), p.opts.IdleTimeout); err != nil {
 		upstream.close()
 		cs.close()
@@ -436,7 +483,7 @@ func (p *Proxy) endTunnel(t *tunnel) {
 
 // refuseTunnel answers a CONNECT whose upstream could not, or may not, be reached,
 // with the same status, reason phrase and body as a plain-HTTP request gets.
-func (ex *exchange) refuseTunnel(client net.Conn, err error) {
+func (ex *exchange) refuseTunnel(client io.Writer, err error) {
 	resp := ex.failure(&http.Request{Method: http.MethodConnect}, err)
 	a := resp.Body.(*answer)
 	var b strings.Builder

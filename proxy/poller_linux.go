@@ -132,14 +132,19 @@ func (e *polledEnds) takeFiles() (client, upstream net.Conn, err error) {
 		}
 		return nil, nil, net.ErrClosed
 	}
-	return fileConn{os.NewFile(uintptr(cfd), "tunnel client")}, fileConn{os.NewFile(uintptr(ufd), "tunnel upstream")}, nil
+	return fileConn{File: os.NewFile(uintptr(cfd), "tunnel client")}, fileConn{File: os.NewFile(uintptr(ufd), "tunnel upstream")}, nil
 }
 
-// fileConn is a tunnel's end as an *os.File, for a copier (takeFiles).
-type fileConn struct{ *os.File }
+// fileConn is a socket as an *os.File: a tunnel's end for a copier (takeFiles), or
+// a client's connection for net/http (socket.handOff), where no duplicate of the
+// descriptor can be had. Its addresses are those known; nil for a tunnel's ends.
+type fileConn struct {
+	*os.File
+	local, remote net.Addr
+}
 
-func (fileConn) LocalAddr() net.Addr  { return nil }
-func (fileConn) RemoteAddr() net.Addr { return nil }
+func (c fileConn) LocalAddr() net.Addr  { return c.local }
+func (c fileConn) RemoteAddr() net.Addr { return c.remote }
 
 // CloseWrite half-closes the socket, as TCPConn.CloseWrite does.
 func (c fileConn) CloseWrite() error {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"syscall"
 	"time"
 )
 
@@ -36,3 +37,17 @@ func detachClient(net.Conn) (*socket, bool)                              { retur
 func (*poller) attachSockets(*tunnel, *socket, *socket)                  {}
 func (*poller) writeAll(*socket, []byte, time.Duration) (int, error)     { return 0, net.ErrClosed }
 func (*poller) connect(context.Context, netip.AddrPort) (*socket, error) { return nil, net.ErrClosed }
+
+func acceptSocket(syscall.RawConn, net.Addr) (*socket, netip.AddrPort, error) {
+	return nil, netip.AddrPort{}, net.ErrClosed
+}
+
+func (*socket) handOff(netip.AddrPort, net.Addr) (net.Conn, error) { return nil, net.ErrClosed }
+
+type sockReader struct {
+	pl *poller
+	s  *socket
+	by time.Time
+}
+
+func (*sockReader) Read([]byte) (int, error) { return 0, net.ErrClosed }

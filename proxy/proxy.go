@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"sync"
@@ -271,7 +272,7 @@ func (p *Proxy) Serve(ln net.Listener) error {
 		return errors.New("proxy: Serve called before SetPolicy")
 	}
 	p.dialer.AddOwn(ln.Addr())
-	ln = &acceptLimiter{Listener: ln, p: p}
+	limited := &acceptLimiter{Listener: ln, p: p}
 	stop := p.tunnels.sweep(p.opts.IdleTimeout, p.opts.HalfCloseTimeout, p.metrics, p.log)
 	defer stop()
 	stopPrune := every(min(max(p.opts.IdleTimeout/2, 10*time.Millisecond), 30*time.Second), p.upstreams.prune)
@@ -283,8 +284,8 @@ func (p *Proxy) Serve(ln net.Listener) error {
 	defer stopReturn()
 	p.ready.Store(true)
 	defer p.ready.Store(false)
-	h := newHandoff(ln)
-	go p.serveConns(ln, h)
+	h := newHandoff(limited)
+	go p.serveConns(p.acceptConn(limited), h)
 	return p.srv.Serve(h)
 }
 
@@ -415,25 +416,63 @@ type acceptLimiter struct {
 	net.Listener
 	p      *Proxy
 	closed atomic.Bool
+	mu     sync.Mutex
+	dup    *os.File // a duplicate of the listener's descriptor, for acceptSocket
 }
 
 func (l *acceptLimiter) Accept() (net.Conn, error) {
+	l.awaitBudget()
+	c, err := l.Listener.Accept()
+	l.noteError(err)
+	return c, err
+}
+
+// awaitBudget waits while the file-descriptor budget is spent.
+func (l *acceptLimiter) awaitBudget() {
 	for l.p.conns.Load() >= l.p.maxOpen && !l.closed.Load() {
 		l.p.warnAccept("proxy at its file-descriptor budget; new connections wait until one closes",
 			"connections", l.p.conns.Load(), "file_limit", l.p.opts.FileLimit)
 		time.Sleep(5 * time.Millisecond)
 	}
-	c, err := l.Listener.Accept()
+}
+
+// noteError counts and logs an accept error, other than the listener's close.
+func (l *acceptLimiter) noteError(err error) {
 	if err != nil && !l.closed.Load() && !errors.Is(err, net.ErrClosed) {
 		l.p.metrics.acceptErrors.Inc()
 		l.p.warnAccept("proxy listener cannot accept", "error", err.Error(), "connections", l.p.conns.Load())
 	}
-	return c, err
 }
 
 func (l *acceptLimiter) Close() error {
 	l.closed.Store(true)
+	l.mu.Lock()
+	if l.dup != nil {
+		l.dup.Close()
+	}
+	l.mu.Unlock()
 	return l.Listener.Close()
+}
+
+// duplicate returns the RawConn of a duplicate of tl's descriptor, closed with l.
+func (l *acceptLimiter) duplicate(tl *net.TCPListener) (syscall.RawConn, error) {
+	f, err := tl.File()
+	if err != nil {
+		return nil, err
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed.Load() {
+		f.Close()
+		return nil, net.ErrClosed
+	}
+	l.dup = f
+	return rc, nil
 }
 
 // warnAccept logs at most once a second.

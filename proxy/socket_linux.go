@@ -3,11 +3,14 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
+	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -341,4 +344,127 @@ func (pl *poller) writeAll(s *socket, b []byte, timeout time.Duration) (int, err
 		}
 	}
 	return n, nil
+}
+
+// acceptSocket takes the next connection queued on the listening socket rc is of,
+// as a bare socket out of the runtime's poller, with TCP_NODELAY set as net sets
+// it; it waits in the runtime's poller while none is queued. rc is an *os.File's
+// (a listener's own RawConn cannot wait). Errors read as net.TCPListener.Accept's,
+// so that a full file table is temporary and a closed listener net.ErrClosed.
+func acceptSocket(rc syscall.RawConn, addr net.Addr) (*socket, netip.AddrPort, error) {
+	var (
+		rsa  unix.RawSockaddrAny
+		fd   = -1
+		aerr error
+	)
+	err := rc.Read(func(lfd uintptr) bool {
+		for {
+			n := uint32(unix.SizeofSockaddrAny)
+			r, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, lfd, uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+			switch e {
+			case 0:
+				fd = int(r)
+				return true
+			case unix.EINTR, unix.ECONNABORTED: // a connection reset while queued: the next
+			case unix.EAGAIN:
+				return false
+			default:
+				aerr = os.NewSyscallError("accept4", e)
+				return true
+			}
+		}
+	})
+	if errors.Is(err, os.ErrClosed) {
+		err = net.ErrClosed
+	}
+	if err == nil {
+		err = aerr
+	}
+	if err != nil {
+		return nil, netip.AddrPort{}, &net.OpError{Op: "accept", Net: "tcp", Addr: addr, Err: err}
+	}
+	if e := rawSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); e != nil {
+		rawClose(fd) // only a socket that is not TCP refuses it
+		return nil, netip.AddrPort{}, &net.OpError{Op: "accept", Net: "tcp", Addr: addr, Err: os.NewSyscallError("setsockopt", e)}
+	}
+	s := &socket{fd: fd}
+	s.refs.Store(1)
+	return s, peerAddr(&rsa), nil
+}
+
+// peerAddr is rsa as an address, IPv4 unmapped, as net.TCPAddr prints it.
+func peerAddr(rsa *unix.RawSockaddrAny) netip.AddrPort {
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(p[0])<<8|uint16(p[1]))
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+		a := netip.AddrFrom16(sa.Addr).Unmap()
+		if sa.Scope_id != 0 {
+			zone := strconv.Itoa(int(sa.Scope_id))
+			if ifi, err := net.InterfaceByIndex(int(sa.Scope_id)); err == nil {
+				zone = ifi.Name
+			}
+			a = a.WithZone(zone)
+		}
+		return netip.AddrPortFrom(a, uint16(p[0])<<8|uint16(p[1]))
+	}
+	return netip.AddrPort{}
+}
+
+// sockReader reads a client's socket for its first request, waiting in pl while
+// nothing has come, until by.
+type sockReader struct {
+	pl *poller
+	s  *socket
+	by time.Time
+}
+
+func (r *sockReader) Read(b []byte) (int, error) {
+	var ctx context.Context
+	for {
+		n, err := rawRead(r.s.fd, b)
+		switch err {
+		case nil:
+			if n == 0 && len(b) > 0 {
+				return 0, io.EOF
+			}
+			return n, nil
+		case unix.EINTR:
+		case unix.EAGAIN:
+			if ctx == nil {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithDeadline(context.Background(), r.by)
+				defer cancel()
+			}
+			if err := r.pl.wait(ctx, r.s.fd, unix.EPOLLIN|unix.EPOLLRDHUP); err != nil {
+				if ctx.Err() != nil {
+					return 0, os.ErrDeadlineExceeded
+				}
+				return 0, err
+			}
+		default:
+			return 0, os.NewSyscallError("read", err)
+		}
+	}
+}
+
+// handOff gives s, a client's socket that no poller has, to the caller as a
+// net.Conn for net/http; s is spent. At the file limit, where net.FileConn cannot
+// duplicate the descriptor, the net.Conn is an *os.File of it.
+func (s *socket) handOff(peer netip.AddrPort, local net.Addr) (net.Conn, error) {
+	fd, ok := s.take()
+	if !ok {
+		return nil, net.ErrClosed
+	}
+	f := os.NewFile(uintptr(fd), "client")
+	c, err := net.FileConn(f)
+	if err == nil {
+		f.Close()
+		return c, nil
+	}
+	return fileConn{File: f, local: local, remote: net.TCPAddrFromAddrPort(peer)}, nil
 }

@@ -3,10 +3,13 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"syscall"
@@ -176,4 +179,84 @@ func fullListener(t *testing.T) (netip.AddrPort, func()) {
 		}
 	})
 	return ap, accepting
+}
+
+// TestBareClientSockets: a client accepted as a bare socket is the same client to
+// everything after: its address in the access log, as net prints it, on IPv4 and
+// IPv6; a CONNECT head that comes in pieces after the accept, waited for in the
+// poller; a refusal written whole; a plain request handed to net/http; and when
+// the proxy closes, the listening socket closes with it (the duplicate it accepts
+// on included), so connections are refused, not queued.
+func TestBareClientSockets(t *testing.T) {
+	origin := startRawOrigin(t, echoThenBye)
+	for _, network := range []string{"127.0.0.1:0", "[::1]:0"} {
+		ln, err := net.Listen("tcp", network)
+		if err != nil {
+			t.Logf("%s: %v", network, err)
+			continue
+		}
+		log := &syncBuffer{}
+		p, err := New(Options{Logger: slog.New(slog.NewJSONHandler(log, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.SetPolicy(compileRules(t, origin.addr()))
+		served := make(chan error, 1)
+		go func() { served <- p.Serve(ln) }()
+		addr := ln.Addr().String()
+
+		// The head in three pieces, the first after the accept.
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(c)
+		for _, piece := range []string{"CONNECT " + origin.addr(), " HTTP/1.1\r\nHost: ", origin.addr() + "\r\n\r\nearly\n"} {
+			time.Sleep(50 * time.Millisecond)
+			io.WriteString(c, piece)
+		}
+		if resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect}); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s: CONNECT in pieces: %v, %v", network, resp, err)
+		}
+		expectLine(t, c, br, "echo early\n")
+		c.(*net.TCPConn).CloseWrite()
+		expectLine(t, c, br, "bye after 1\n")
+		client := c.LocalAddr().String()
+		c.Close()
+		if line := tunnelLogLine(t, log, origin.addr()); line["client"] != client {
+			t.Errorf("%s: access log client %v; want %s", network, line["client"], client)
+		}
+
+		// A refusal, whole, and the connection's end.
+		c, br = rawRequest(t, addr, "CONNECT denied.invalid:443 HTTP/1.1\r\nHost: denied.invalid:443\r\n\r\n")
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil || resp.StatusCode != http.StatusForbidden || resp.Header.Get(headerDenied) != "not on the allowlist" {
+			t.Fatalf("%s: denied CONNECT: %v, %v", network, resp, err)
+		}
+		if rest, err := io.ReadAll(br); err != nil || !strings.HasPrefix(string(rest), "egressd: denied") {
+			t.Errorf("%s: denial body %q, %v; want the reason, then the end", network, rest, err)
+		}
+
+		// A plain request goes to net/http, which sees the client's address too.
+		c, br = rawRequest(t, addr, "GET http://denied.invalid/ HTTP/1.1\r\nHost: denied.invalid\r\n\r\n")
+		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("%s: plain GET: %v, %v", network, resp, err)
+		}
+		client = c.LocalAddr().String()
+		if !waitFor(func() bool { return strings.Contains(log.String(), `"client":"`+client+`","method":"GET"`) }) {
+			t.Errorf("%s: no access log line for the GET from %s:\n%s", network, client, log.String())
+		}
+
+		p.close()
+		select {
+		case <-served:
+		case <-time.After(5 * time.Second):
+			t.Fatal("Serve did not return after close")
+		}
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s: a connection to the closed proxy was taken; want it refused", network)
+		}
+	}
 }

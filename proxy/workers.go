@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"io"
 	"net"
+	"net/netip"
 	"sync/atomic"
+	"time"
 )
 
 // A tunnel's setup runs deep: reading the first request with net/http's parser, the
@@ -22,11 +25,33 @@ type workers struct {
 	live atomic.Int64 // workers running or waiting
 }
 
-// job is a connection to read the first request of.
+// job is a connection to read the first request of: a net.Conn, or a bare socket
+// (see socket_linux.go) with its peer's address and the poller that waits for it
+// and moves its tunnel.
 type job struct {
 	conn net.Conn
+	sock *socket
+	peer netip.AddrPort
+	pl   *poller
 	slot *connSlot
 	h    *handoff
+}
+
+// close closes j's connection.
+func (j job) close() {
+	if j.sock != nil {
+		j.sock.close()
+		return
+	}
+	j.conn.Close()
+}
+
+// writer writes a whole answer to j's connection; on a socket, for up to timeout.
+func (j job) writer(timeout time.Duration) io.Writer {
+	if j.sock != nil {
+		return socketWriter{j.pl, j.sock, timeout}
+	}
+	return j.conn
 }
 
 func newWorkers(run func(job)) *workers { return &workers{jobs: make(chan job), run: run} }
@@ -53,7 +78,7 @@ func (w *workers) work(j job) {
 }
 
 // runJob is the proxy's workers' run.
-func (p *Proxy) runJob(j job) { p.firstRequest(j.conn, j.slot, j.h) }
+func (p *Proxy) runJob(j job) { p.firstRequest(j) }
 
 // retire asks every waiting worker to exit. Called every few seconds, it lets the
 // pool that a burst grew go with it; under a steady load it costs a goroutine start
@@ -67,3 +92,13 @@ func (w *workers) retire() {
 		}
 	}
 }
+
+// socketWriter writes a whole answer to a client's socket, or fails after
+// timeout.
+type socketWriter struct {
+	pl      *poller
+	s       *socket
+	timeout time.Duration
+}
+
+func (w socketWriter) Write(b []byte) (int, error) { return w.pl.writeAll(w.s, b, w.timeout) }
