@@ -93,7 +93,7 @@ func TestRuntimeSettings(t *testing.T) {
 		env         []string
 		procs, gogc float64
 	}{
-		{"defaults", "", []string{"GOMAXPROCS=", "GOGC="}, 1, 200},
+		{"defaults", "", []string{"GOMAXPROCS=", "GOGC="}, 1, 400},
 		{"environment", "", []string{"GOMAXPROCS=3", "GOGC=150"}, 3, 150},
 		{"keys over environment", "processors: 2\ngc_percent: 300\n", []string{"GOMAXPROCS=3", "GOGC=150"}, 2, 300},
 	}

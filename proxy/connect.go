@@ -73,6 +73,9 @@ func (p *Proxy) acceptConn(ln *acceptLimiter) func() (job, error) {
 			return func() (job, error) {
 				ln.awaitBudget()
 				s, peer, err := acceptSocket(rc, tl.Addr())
+				if err != nil && ln.closed.Load() {
+					err = &net.OpError{Op: "accept", Net: "tcp", Addr: tl.Addr(), Err: net.ErrClosed}
+				}
 				ln.noteError(err)
 				if err != nil {
 					return job{}, err

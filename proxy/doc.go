@@ -6,7 +6,9 @@
 //   - connect.go: the accept loop. A connection whose first request is a plain
 //     CONNECT (what every HTTPS call of a function opens with) is decided and
 //     tunnelled there, on a setup worker (workers.go: goroutines kept with their
-//     grown stacks); any other goes to net/http with the bytes read so far replayed.
+//     grown stacks), its client and upstream bare sockets outside the Go runtime's
+//     poller (socket_linux.go); any other goes to net/http with the bytes read so
+//     far replayed.
 //   - goproxy.go: net/http's handler and egressd's one contact with goproxy. The
 //     handlers decide each target against the policy and put the exchange (the
 //     request's state, exchange.go) in goproxy's ProxyCtx.UserData.

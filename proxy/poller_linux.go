@@ -26,11 +26,14 @@ import (
 // fills the buffer (a bulk transfer), the tunnel leaves the poller for a copier
 // goroutine per direction: blocking writes and splice, with nothing of the poller.
 //
-// A polled tunnel's two sockets leave the runtime's poller altogether: attach
-// duplicates each descriptor and closes its net.Conn. The runtime keeps a record of
-// about 550 bytes (its poll descriptor and the net.Conn's finalizer) for every
-// descriptor it ever watched at once, for the life of the process: 5 000 tunnels
-// open together left 5.5 MB behind for good. A polled tunnel holds its two
+// A polled tunnel's two sockets stay out of the runtime's poller altogether
+// (socket_linux.go): a client whose first request is a CONNECT is accepted as a
+// bare socket, the upstream is dialled as one, and a tunnel that starts from a
+// net.Conn (a CONNECT after a plain request, or through goproxy) has each
+// descriptor duplicated and its net.Conn closed (attach). The runtime keeps a
+// record of about 550 bytes (its poll descriptor and the net.Conn's finalizer) for
+// every descriptor it ever watched at once, for the life of the process: 5 000
+// tunnels open together left 5.5 MB behind for good. A polled tunnel holds its two
 // descriptors itself (socket), each with a count of the calls using it, so that a
 // tunnel closed by a sweep, a revocation or a shutdown closes its descriptor only
 // after the poller's read or write in progress: never a reused descriptor number

@@ -18,13 +18,21 @@ import (
 )
 
 // A polled tunnel's sockets live outside the Go runtime: no poll descriptor, no
-// finalizer, and no system call that the runtime's scheduler watches. The runtime
-// counts a goroutine in a system call as one that may block; when the call is
-// still running at its monitor's next look (20 us, or a preemption of the thread by
-// the kernel in the middle of it), the monitor hands the processor to another
-// thread and wakes every 20 us from then on. A tunnel's calls on its own
-// non-blocking sockets cannot block, so they are made raw: the monitor sees a
-// goroutine running, and sleeps.
+// finalizer, no net.Conn, and no system call that the runtime's scheduler watches.
+// The runtime counts a goroutine in a system call as one that may block; when the
+// call is still running at its monitor's next look (20 us on; a loopback connect
+// runs the whole handshake, and the kernel may preempt the thread in the middle of
+// any call), the monitor hands the processor to another thread and wakes every 20
+// us for a while after. Calls on non-blocking sockets cannot block, so these are
+// made raw: the monitor sees a goroutine running, and sleeps. Under a load of new
+// tunnels it woke about 2 800 times a second (a tenth of egressd's CPU) and now
+// wakes about 700 times.
+//
+// Clients are accepted (acceptSocket) and upstreams dialled (poller.connect) as
+// bare sockets, and whatever must be waited for (a head not yet in, a handshake
+// not done within connect, an answer that does not fit) is waited for in the
+// poller's epoll instance (poller.wait). A client whose first request is not a
+// CONNECT goes to net/http as a net.Conn (socket.handOff).
 
 // socket is a descriptor of a polled tunnel, out of the runtime's poller. refs
 // counts the open reference and the calls in progress; close sets socketClosed, and

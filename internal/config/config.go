@@ -51,9 +51,9 @@ type Config struct {
 	// of work between threads (see the README's Benchmarks).
 	Processors int `yaml:"processors"`
 	// GCPercent is how far the heap grows past what is live before the next
-	// collection (GOGC). If zero: GOGC from the environment if it is set, else 200.
+	// collection (GOGC). If zero: GOGC from the environment if it is set, else 400.
 	// egressd's live heap is a few MB, so the runtime's own 100 collects every few MB
-	// allocated; 200 halves the collections for a few MB more under load.
+	// allocated; 400 collects a quarter as often, for a few MB more under load.
 	GCPercent int `yaml:"gc_percent"`
 	// Proxy configures the forward proxy listener.
 	Proxy Proxy `yaml:"proxy"`

@@ -78,10 +78,10 @@ func TestRuntimeKeys(t *testing.T) {
 		{"processors key", "GOMAXPROCS", "", "processors: 4\n", processors, 4, ""},
 		{"too many processors", "GOMAXPROCS", "", "processors: 1025\n", processors, 0, "processors: 1025 is not a processor count; write a number from 1 to 1024"},
 		{"negative processors", "GOMAXPROCS", "", "processors: -1\n", processors, 0, "processors: -1 is not a processor count"},
-		{"gc_percent default", "GOGC", "", "", gcPercent, 200, ""},
+		{"gc_percent default", "GOGC", "", "", gcPercent, 400, ""},
 		{"gc_percent from the environment", "GOGC", "off", "", gcPercent, 0, ""},
 		{"gc_percent key over environment", "GOGC", "50", "gc_percent: 150\n", gcPercent, 150, ""},
-		{"gc_percent too large", "GOGC", "", "gc_percent: 10001\n", gcPercent, 0, "gc_percent: 10001 is out of range; write a number from 1 to 10000, or leave it out for 200"},
+		{"gc_percent too large", "GOGC", "", "gc_percent: 10001\n", gcPercent, 0, "gc_percent: 10001 is out of range; write a number from 1 to 10000, or leave it out for 400"},
 		{"negative gc_percent", "GOGC", "", "gc_percent: -1\n", gcPercent, 0, "gc_percent: -1 is out of range"},
 		{"gc_percent off", "GOGC", "", "gc_percent: off\n", gcPercent, 0, `"off" is not a valid whole number`},
 	}

@@ -9,7 +9,7 @@ import "time"
 // how far the heap grows past what is live before a collection (GOGC).
 const (
 	Processors = 1
-	GCPercent  = 200
+	GCPercent  = 400
 )
 
 // The proxy.
