@@ -381,19 +381,26 @@ func (p *Proxy) startTunnel(ex *exchange, client net.Conn) {
 		ex.finish()
 		return
 	}
-	if _, err := io.WriteString(client, connectEstablished); err != nil {
+	if !ex.established(client) {
 		upstream.Close()
 		client.Close()
-		ex.status, ex.reason = 499, "client gone"
 		ex.finish()
 		return
 	}
-	ex.status = http.StatusOK
-	ex.answered()
 	p.relay(ex, client, upstream)
 }
 
-const connectEstablished = "HTTP/1.1 200 Connection established\r\n\r\n"
+// established answers a CONNECT with 200 and records it, or records a client that
+// has gone; false then, for the caller to close both ends and finish ex.
+func (ex *exchange) established(client io.Writer) bool {
+	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		ex.status, ex.reason = 499, "client gone"
+		return false
+	}
+	ex.status = http.StatusOK
+	ex.answered()
+	return true
+}
 
 // startPolledTunnel is startTunnel for a tunnel that pl moves from the start: cs
 // is the client's socket, the upstream is dialled as one (poller.connect), and
@@ -410,15 +417,12 @@ func (p *Proxy) startPolledTunnel(ex *exchange, cs *socket, early []byte, pl *po
 		ex.finish()
 		return
 	}
-	if _, err := pl.writeAll(cs, []byte(connectEstablished), p.opts.IdleTimeout); err != nil {
+	if !ex.established(socketWriter{pl, cs, p.opts.IdleTimeout}) {
 		upstream.close()
 		cs.close()
-		ex.status, ex.reason = 499, "client gone"
 		ex.finish()
 		return
 	}
-	ex.status = http.StatusOK
-	ex.answered()
 	if len(early) > 0 {
 		n, err := pl.writeAll(upstream, early, p.opts.IdleTimeout)
 		ex.up.Add(int64(n))

@@ -54,6 +54,16 @@ func (j job) writer(timeout time.Duration) io.Writer {
 	return j.conn
 }
 
+// socketWriter writes a whole answer to a client's socket, or fails after
+// timeout.
+type socketWriter struct {
+	pl      *poller
+	s       *socket
+	timeout time.Duration
+}
+
+func (w socketWriter) Write(b []byte) (int, error) { return w.pl.writeAll(w.s, b, w.timeout) }
+
 func newWorkers(run func(job)) *workers { return &workers{jobs: make(chan job), run: run} }
 
 // start runs j on a waiting worker, or on a new one.
@@ -92,13 +102,3 @@ func (w *workers) retire() {
 		}
 	}
 }
-
-// socketWriter writes a whole answer to a client's socket, or fails after
-// timeout.
-type socketWriter struct {
-	pl      *poller
-	s       *socket
-	timeout time.Duration
-}
-
-func (w socketWriter) Write(b []byte) (int, error) { return w.pl.writeAll(w.s, b, w.timeout) }
