@@ -4,6 +4,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -258,5 +259,48 @@ func TestBareClientSockets(t *testing.T) {
 			c.Close()
 			t.Errorf("%s: a connection to the closed proxy was taken; want it refused", network)
 		}
+	}
+}
+
+// TestWriteAllWaits: a write to a socket whose peer does not read waits in the
+// poller for room, gives up at its timeout with what it wrote counted, and, with a
+// reader, writes the whole of a piece far larger than the socket's buffers.
+func TestWriteAllWaits(t *testing.T) {
+	pl := startedPoller(t)
+	client, peer := tcpPair(t)
+	client.SetWriteBuffer(4096)
+	s, err := detach(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+
+	start := time.Now()
+	n, err := pl.writeAll(s, big, 200*time.Millisecond)
+	if !errors.Is(err, context.DeadlineExceeded) || n == 0 || n >= len(big) {
+		t.Fatalf("writeAll to a peer that reads nothing: %d bytes, %v; want part, then the timeout", n, err)
+	}
+	if took := time.Since(start); took < 150*time.Millisecond || took > 2*time.Second {
+		t.Errorf("gave up after %v; want about 200ms", took)
+	}
+
+	got := make(chan int, 1)
+	go func() {
+		b, _ := io.ReadAll(peer)
+		got <- len(b)
+	}()
+	m, err := pl.writeAll(s, big[n:], 5*time.Second)
+	if err != nil || m != len(big)-n {
+		t.Fatalf("writeAll with a reader: %d of %d bytes, %v", m, len(big)-n, err)
+	}
+	rawShutdown(s.fd, unix.SHUT_WR)
+	select {
+	case total := <-got:
+		if total != len(big) {
+			t.Errorf("the peer read %d bytes; want %d", total, len(big))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the peer did not read to the end")
 	}
 }
