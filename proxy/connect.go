@@ -121,7 +121,7 @@ func (p *Proxy) firstRequest(j job) {
 		j.slot.release() // net/http counts the connection again
 		c := j.conn
 		if j.sock != nil {
-			if c, err = j.sock.handOff(j.peer, j.h.Addr()); err != nil {
+			if c, err = j.sock.netConn(j.h.Addr(), net.TCPAddrFromAddrPort(j.peer)); err != nil {
 				return
 			}
 		}
@@ -390,10 +390,12 @@ func (p *Proxy) startTunnel(ex *exchange, client net.Conn) {
 	p.relay(ex, client, upstream)
 }
 
+var connectEstablished = []byte("HTTP/1.1 200 Connection established\r\n\r\n")
+
 // established answers a CONNECT with 200 and records it, or records a client that
 // has gone; false then, for the caller to close both ends and finish ex.
 func (ex *exchange) established(client io.Writer) bool {
-	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+	if _, err := client.Write(connectEstablished); err != nil {
 		ex.status, ex.reason = 499, "client gone"
 		return false
 	}

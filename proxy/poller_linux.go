@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"errors"
 	"net"
 	"os"
 	"sync"
@@ -37,10 +36,10 @@ import (
 // descriptors itself (socket), each with a count of the calls using it, so that a
 // tunnel closed by a sweep, a revocation or a shutdown closes its descriptor only
 // after the poller's read or write in progress: never a reused descriptor number
-// under the poller. A tunnel that goes to copiers gets net.Conns again, made from
-// new duplicates, and its own descriptors close (polledEnds.copierConns): the rare
-// case of a bulk transfer. At the file limit, where no duplicate can be had, the
-// copiers take the poller's descriptors as *os.Files instead (no splice then).
+// under the poller. A tunnel that goes to copiers (the rare case of a bulk
+// transfer) gives its descriptors to net.Conns again (polledEnds.copierConns); at
+// the file limit, where net.FileConn cannot duplicate them, to *os.Files (no
+// splice then).
 //
 // Events name a slot and its generation, never a pointer, so an event still queued
 // for a direction that has gone is recognised and dropped.
@@ -96,51 +95,21 @@ func (e *polledEnds) copierConns() (client, upstream net.Conn, err error) {
 	if e.conns[0] != nil {
 		return e.conns[0], e.conns[1], nil
 	}
-	client, err = e.client.conn()
-	if err == nil {
-		if upstream, err = e.upstream.conn(); err != nil {
-			client.Close()
-		}
+	// No direction is polled any more (toCopiers): the poller's descriptors go to
+	// the copiers' connections.
+	if client, err = e.client.netConn(nil, nil); err != nil {
+		return nil, nil, err
 	}
-	switch {
-	case err == nil:
-		// No direction is polled any more (toCopiers): the poller's descriptors
-		// close, after a read or write of the poller's still in progress.
-		e.client.close()
-		e.upstream.close()
-	case errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE):
-		// No descriptor left for a duplicate (the file limit): the copiers take
-		// the poller's own descriptors instead, without splice.
-		if client, upstream, err = e.takeFiles(); err != nil {
-			return nil, nil, err
-		}
-	default:
+	if upstream, err = e.upstream.netConn(nil, nil); err != nil {
+		client.Close()
 		return nil, nil, err
 	}
 	e.conns = [2]net.Conn{client, upstream}
 	return client, upstream, nil
 }
 
-// takeFiles gives the tunnel's two descriptors to *os.Files, which the runtime's
-// poller waits for as for net.Conns; it takes no descriptor.
-func (e *polledEnds) takeFiles() (client, upstream net.Conn, err error) {
-	cfd, cok := e.client.take()
-	ufd, uok := e.upstream.take()
-	if !cok || !uok { // closed meanwhile: what was taken is closed here
-		if cok {
-			unix.Close(cfd)
-		}
-		if uok {
-			unix.Close(ufd)
-		}
-		return nil, nil, net.ErrClosed
-	}
-	return fileConn{File: os.NewFile(uintptr(cfd), "tunnel client")}, fileConn{File: os.NewFile(uintptr(ufd), "tunnel upstream")}, nil
-}
-
-// fileConn is a socket as an *os.File: a tunnel's end for a copier (takeFiles), or
-// a client's connection for net/http (socket.handOff), where no duplicate of the
-// descriptor can be had. Its addresses are those known; nil for a tunnel's ends.
+// fileConn is a socket as an *os.File, where no duplicate of the descriptor can be
+// had (socket.netConn). Its addresses are those known; nil for a tunnel's ends.
 type fileConn struct {
 	*os.File
 	local, remote net.Addr
@@ -285,19 +254,10 @@ func (pl *poller) wait(ctx context.Context, fd int, events uint32) error {
 		pl.freeSlot(slot)
 		pl.mu.Unlock()
 	}()
-	ev := unix.EpollEvent{Events: events | unix.EPOLLONESHOT, Fd: slot, Pad: int32(gen)}
-	var err error
-	if cerr := pl.rc.Control(func(efd uintptr) {
-		err = unix.EpollCtl(int(efd), unix.EPOLL_CTL_ADD, fd, &ev)
-	}); cerr != nil {
-		return cerr
+	if err := pl.ctl(unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: events | unix.EPOLLONESHOT, Fd: slot, Pad: int32(gen)}); err != nil {
+		return err
 	}
-	if err != nil {
-		return os.NewSyscallError("epoll_ctl", err)
-	}
-	defer pl.rc.Control(func(efd uintptr) {
-		unix.EpollCtl(int(efd), unix.EPOLL_CTL_DEL, fd, nil)
-	})
+	defer pl.ctl(unix.EPOLL_CTL_DEL, fd, nil)
 	select {
 	case <-ready:
 		return nil
@@ -327,14 +287,19 @@ func (d *direction) watch() error {
 		return net.ErrClosed
 	}
 	defer d.src.done()
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: d.slot, Pad: int32(d.gen)}
+	return d.pl.ctl(unix.EPOLL_CTL_ADD, d.src.fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: d.slot, Pad: int32(d.gen)})
+}
+
+// ctl changes fd's registration with pl's epoll instance (epoll_ctl).
+func (pl *poller) ctl(op, fd int, ev *unix.EpollEvent) error {
 	var err error
-	if cerr := d.pl.rc.Control(func(efd uintptr) {
-		err = unix.EpollCtl(int(efd), unix.EPOLL_CTL_ADD, d.src.fd, &ev)
-	}); cerr != nil {
+	if cerr := pl.rc.Control(func(efd uintptr) { err = unix.EpollCtl(int(efd), op, fd, ev) }); cerr != nil {
 		return cerr
 	}
-	return err
+	if err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	return nil
 }
 
 // unwatch stops the poller reading d's source, which stays open.
@@ -342,9 +307,7 @@ func (d *direction) unwatch() {
 	if !d.src.use() {
 		return // closed: it left the epoll instance with its descriptor
 	}
-	d.pl.rc.Control(func(efd uintptr) {
-		unix.EpollCtl(int(efd), unix.EPOLL_CTL_DEL, d.src.fd, nil)
-	})
+	d.pl.ctl(unix.EPOLL_CTL_DEL, d.src.fd, nil)
 	d.src.done()
 }
 
@@ -468,7 +431,6 @@ func (pl *poller) pump(d *direction, events uint32) {
 		for werr == unix.EINTR {
 			w, werr = rawWrite(d.dst.fd, pl.buf[:n])
 		}
-		w = max(w, 0)
 		d.count.Add(int64(w))
 		switch {
 		case werr != nil && werr != unix.EAGAIN:

@@ -42,7 +42,7 @@ func acceptSocket(syscall.RawConn, net.Addr) (*socket, netip.AddrPort, error) {
 	return nil, netip.AddrPort{}, net.ErrClosed
 }
 
-func (*socket) handOff(netip.AddrPort, net.Addr) (net.Conn, error) { return nil, net.ErrClosed }
+func (*socket) netConn(net.Addr, net.Addr) (net.Conn, error) { return nil, net.ErrClosed }
 
 type sockReader struct {
 	pl *poller

@@ -32,7 +32,7 @@ import (
 // bare sockets, and whatever must be waited for (a head not yet in, a handshake
 // not done within connect, an answer that does not fit) is waited for in the
 // poller's epoll instance (poller.wait). A client whose first request is not a
-// CONNECT goes to net/http as a net.Conn (socket.handOff).
+// CONNECT goes to net/http as a net.Conn (socket.netConn).
 
 // socket is a descriptor of a polled tunnel, out of the runtime's poller. refs
 // counts the open reference and the calls in progress; close sets socketClosed, and
@@ -129,21 +129,6 @@ func (s *socket) close() {
 			return
 		}
 	}
-}
-
-// conn returns a net.Conn of its own on s's socket, for a copier.
-func (s *socket) conn() (net.Conn, error) {
-	if !s.use() {
-		return nil, net.ErrClosed
-	}
-	fd, err := dupCloexec(uintptr(s.fd))
-	s.done()
-	if err != nil {
-		return nil, err
-	}
-	f := os.NewFile(uintptr(fd), "tunnel")
-	defer f.Close() // FileConn made a duplicate of its own
-	return net.FileConn(f)
 }
 
 // quiet is quietFor of s.
@@ -358,7 +343,7 @@ func (pl *poller) writeAll(s *socket, b []byte, timeout time.Duration) (int, err
 // as a bare socket out of the runtime's poller, with TCP_NODELAY set as net sets
 // it; it waits in the runtime's poller while none is queued. rc is an *os.File's
 // (a listener's own RawConn cannot wait). Errors read as net.TCPListener.Accept's,
-// so that a full file table is temporary and a closed listener net.ErrClosed.
+// so that a full file table is temporary.
 func acceptSocket(rc syscall.RawConn, addr net.Addr) (*socket, netip.AddrPort, error) {
 	var (
 		rsa  unix.RawSockaddrAny
@@ -382,9 +367,6 @@ func acceptSocket(rc syscall.RawConn, addr net.Addr) (*socket, netip.AddrPort, e
 			}
 		}
 	})
-	if errors.Is(err, os.ErrClosed) {
-		err = net.ErrClosed
-	}
 	if err == nil {
 		err = aerr
 	}
@@ -460,19 +442,19 @@ func (r *sockReader) Read(b []byte) (int, error) {
 	}
 }
 
-// handOff gives s, a client's socket that no poller has, to the caller as a
-// net.Conn for net/http; s is spent. At the file limit, where net.FileConn cannot
-// duplicate the descriptor, the net.Conn is an *os.File of it.
-func (s *socket) handOff(peer netip.AddrPort, local net.Addr) (net.Conn, error) {
+// netConn gives s's descriptor to a net.Conn, once no call is using it: a copier's
+// end, or a client's connection for net/http (with its addresses; nil for a
+// tunnel's ends). s is spent. At the file limit, where net.FileConn cannot duplicate
+// the descriptor, the net.Conn is an *os.File of it, without splice.
+func (s *socket) netConn(local, remote net.Addr) (net.Conn, error) {
 	fd, ok := s.take()
 	if !ok {
 		return nil, net.ErrClosed
 	}
-	f := os.NewFile(uintptr(fd), "client")
-	c, err := net.FileConn(f)
-	if err == nil {
-		f.Close()
+	f := os.NewFile(uintptr(fd), "socket")
+	if c, err := net.FileConn(f); err == nil {
+		f.Close() // FileConn has a duplicate of its own
 		return c, nil
 	}
-	return fileConn{File: f, local: local, remote: net.TCPAddrFromAddrPort(peer)}, nil
+	return fileConn{File: f, local: local, remote: remote}, nil
 }

@@ -12,6 +12,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -302,5 +304,76 @@ func TestWriteAllWaits(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the peer did not read to the end")
+	}
+}
+
+// TestNetConnAtTheFileLimit: where net.FileConn cannot duplicate a socket's
+// descriptor (the process is at its file limit), the socket still becomes a
+// working net.Conn, an *os.File of its own descriptor, so a tunnel that goes to
+// copiers there loses nothing. It runs in a child process of its own, whose file
+// limit it spends.
+func TestNetConnAtTheFileLimit(t *testing.T) {
+	if os.Getenv("EGRESSD_TEST_FILE_LIMIT") != "1" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestNetConnAtTheFileLimit$", "-test.v")
+		cmd.Env = append(os.Environ(), "EGRESSD_TEST_FILE_LIMIT=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestNetConnAtTheFileLimit") {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+		return
+	}
+	a, b := tcpPair(t)
+	s, err := detach(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	lim.Cur = 64
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	var held []int
+	for range 64 { // every descriptor left, bounded by the limit
+		fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			break
+		}
+		held = append(held, fd)
+	}
+	if _, err := unix.Dup(s.fd); !errors.Is(err, unix.EMFILE) {
+		t.Fatalf("a duplicate at the limit: %v; want EMFILE", err)
+	}
+	c, err := s.netConn(nil, nil)
+	for _, fd := range held {
+		unix.Close(fd)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, ok := c.(fileConn); !ok {
+		t.Fatalf("at the file limit the net.Conn is a %T; want a fileConn", c)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	b.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "ping\n"); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(b, got); err != nil || string(got) != "ping\n" {
+		t.Fatalf("the peer read %q, %v", got, err)
+	}
+	io.WriteString(b, "pong\n")
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "pong\n" {
+		t.Fatalf("read %q, %v through the fileConn", got, err)
+	}
+	if err := c.(fileConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.Read(got); n != 0 || err != io.EOF {
+		t.Errorf("after CloseWrite the peer read %d, %v; want the end", n, err)
 	}
 }
