@@ -2,12 +2,15 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -317,3 +320,241 @@ func listenLoopback(t *testing.T) net.Listener {
 }
 
 func discardLog() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// echoOrigin answers every request on a connection with its method, path and body.
+func echoOrigin(t *testing.T) *rawOrigin {
+	return startRawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			b, _ := io.ReadAll(r.Body)
+			io.WriteString(c, okAnswer(r.Method+" "+r.URL.Path+" "+string(b)))
+		}
+	})
+}
+
+// readAnswer reads one answer from br and returns its status, its body, and
+// whether it says the connection closes.
+func readAnswer(t *testing.T, br *bufio.Reader, method string) (int, string, bool) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("reading an answer: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading an answer's body: %v", err)
+	}
+	return resp.StatusCode, string(b), resp.Close
+}
+
+func plainConnsOpen(p *Proxy) int {
+	p.plain.mu.Lock()
+	defer p.plain.mu.Unlock()
+	return len(p.plain.conns)
+}
+
+// TestPlainConnection: a connection that starts with plain HTTP is served by its
+// own loop, answers in order, pipelined or not, until a request net/http must
+// serve (a body, a malformed head), when net/http takes the connection and the
+// bytes already read, and answers as it would have from the start.
+func TestPlainConnection(t *testing.T) {
+	origin := echoOrigin(t)
+	log := &syncBuffer{}
+	p, addr := serveProxy(t, Options{Logger: slog.New(slog.NewJSONHandler(log, nil))}, origin.addr())
+	base := "http://" + origin.addr()
+	get := func(path string) string { return "GET " + base + path + " HTTP/1.1\r\nHost: x\r\n\r\n" }
+
+	c, br := rawRequest(t, addr, get("/one"))
+	if code, body, _ := readAnswer(t, br, "GET"); code != 200 || body != "GET /one " {
+		t.Fatalf("first answer %d %q", code, body)
+	}
+	if n := plainConnsOpen(p); n != 1 {
+		t.Fatalf("%d connections on the plain loop after a GET; want 1", n)
+	}
+	io.WriteString(c, get("/two")+get("/three")) // pipelined
+	for _, want := range []string{"GET /two ", "GET /three "} {
+		if code, body, _ := readAnswer(t, br, "GET"); code != 200 || body != want {
+			t.Fatalf("pipelined answer %d %q; want %q", code, body, want)
+		}
+	}
+	io.WriteString(c, "POST "+base+"/four HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"+get("/five"))
+	for _, want := range []string{"POST /four abc", "GET /five "} {
+		if code, body, _ := readAnswer(t, br, "GET"); code != 200 || body != want {
+			t.Fatalf("answer after the hand-off %d %q; want %q", code, body, want)
+		}
+	}
+	if n := plainConnsOpen(p); n != 0 {
+		t.Errorf("%d connections on the plain loop after a POST; want 0 (net/http's)", n)
+	}
+	if n := strings.Count(log.String(), `"msg":"request"`); n != 5 {
+		t.Errorf("%d access log lines; want 5", n)
+	}
+
+	// A malformed second request is answered as net/http answers it first.
+	bad := "GET " + base + "/ HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n"
+	_, br1 := rawRequest(t, addr, bad)
+	wantCode, wantBody, _ := readAnswer(t, br1, "GET")
+	c2, br2 := rawRequest(t, addr, get("/ok"))
+	readAnswer(t, br2, "GET")
+	io.WriteString(c2, bad)
+	if code, body, _ := readAnswer(t, br2, "GET"); code != wantCode || body != wantBody || code != 400 {
+		t.Errorf("malformed second request: %d %q; first: %d %q", code, body, wantCode, wantBody)
+	}
+}
+
+// TestPlainClientGone: a client that closes its connection while its request waits
+// for the origin cancels the request at once, as with net/http.
+func TestPlainClientGone(t *testing.T) {
+	got := make(chan struct{}, 1)
+	origin := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		got <- struct{}{}
+		io.Copy(io.Discard, br) // never answers; returns when the proxy closes
+	})
+	log := &syncBuffer{}
+	p, addr := serveProxy(t, Options{Logger: slog.New(slog.NewJSONHandler(log, nil))}, origin.addr())
+	c, _ := rawRequest(t, addr, "GET http://"+origin.addr()+"/ HTTP/1.1\r\nHost: x\r\n\r\n")
+	select {
+	case <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the origin never had the request")
+	}
+	if n := plainConnsOpen(p); n != 1 {
+		t.Fatalf("%d connections on the plain loop; want 1", n)
+	}
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second) // the origin's answer wait is 60 s
+	for !strings.Contains(log.String(), `"msg":"request"`) {
+		if time.Now().After(deadline) {
+			t.Fatal("no access log line 5 s after the client went away: the request still waits")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for plainConnsOpen(p) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the connection is still on the plain loop")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestPlainTimeouts: a kept connection that stays quiet is closed after the idle
+// timeout, with no answer; one whose next head does not come whole within the
+// header timeout gets what net/http gives a first request that does the same.
+func TestPlainTimeouts(t *testing.T) {
+	origin := echoOrigin(t)
+	get := "GET http://" + origin.addr() + "/ HTTP/1.1\r\nHost: x\r\n\r\n"
+	short, long := 300*time.Millisecond, 20*time.Second
+	_, idleAddr := serveProxy(t, Options{IdleTimeout: short, ReadHeaderTimeout: long}, origin.addr())
+	_, headAddr := serveProxy(t, Options{IdleTimeout: long, ReadHeaderTimeout: short}, origin.addr())
+	fresh, _ := rawRequest(t, headAddr, "GET http://")
+	netHTTP, err := io.ReadAll(fresh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, addr, then, want string }{
+		{"idle", idleAddr, "", ""},
+		{"partial head", headAddr, "GET http://", string(netHTTP)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, br := rawRequest(t, tc.addr, get)
+			readAnswer(t, br, "GET")
+			if tc.then != "" {
+				io.WriteString(c, tc.then)
+			}
+			start := time.Now()
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got, err := io.ReadAll(br)
+			if err != nil || string(got) != tc.want {
+				t.Fatalf("read %q, %v; want %q and the connection closed", got, err, tc.want)
+			}
+			if d := time.Since(start); d < 200*time.Millisecond {
+				t.Errorf("closed after %v; want the timeout, 300ms", d)
+			}
+		})
+	}
+}
+
+// TestPlainShutdown: a shutdown closes a kept connection that waits for a request
+// at once, and lets a request in progress finish, its answer saying the connection
+// closes.
+func TestPlainShutdown(t *testing.T) {
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	origin := startRawOrigin(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if r.URL.Path == "/slow" {
+				<-release
+			}
+			io.WriteString(c, okAnswer("done"))
+		}
+	})
+	t.Cleanup(letGo) // before the origin's cleanup waits for its handlers
+	p, addr := serveProxy(t, Options{}, origin.addr())
+	get := func(path string) string { return "GET http://" + origin.addr() + path + " HTTP/1.1\r\nHost: x\r\n\r\n" }
+	idle, idleBr := rawRequest(t, addr, get("/"))
+	readAnswer(t, idleBr, "GET")
+	busy, busyBr := rawRequest(t, addr, get("/"))
+	readAnswer(t, busyBr, "GET")
+	io.WriteString(busy, get("/slow"))
+	for deadline := time.Now().Add(5 * time.Second); plainInFlight(p) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the slow request is not in progress on the plain loop after 5 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		done <- p.Shutdown(ctx)
+	}()
+	idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := idleBr.Read(make([]byte, 1)); err != io.EOF || n != 0 {
+		t.Fatalf("idle connection at shutdown: read %d bytes, %v; want it closed", n, err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned (%v) with a request in progress", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	letGo()
+	code, body, closes := readAnswer(t, busyBr, "GET")
+	if code != 200 || body != "done" || !closes {
+		t.Errorf("answer in progress at shutdown: %d %q, closes %v; want 200 \"done\" with Connection: close", code, body, closes)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown still waiting 5 s after the last request finished")
+	}
+}
+
+// plainInFlight counts the plain loop's connections with a request in progress.
+func plainInFlight(p *Proxy) int {
+	p.plain.mu.Lock()
+	defer p.plain.mu.Unlock()
+	n := 0
+	for pc := range p.plain.conns {
+		pc.mu.Lock()
+		if pc.cancel != nil {
+			n++
+		}
+		pc.mu.Unlock()
+	}
+	return n
+}
