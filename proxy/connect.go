@@ -127,7 +127,9 @@ func (p *Proxy) firstRequest(j job) {
 			}
 		}
 		if plain {
-			p.servePlain(c, head, headBy, j.h)
+			// A goroutine of its own: the connection may stay for long, and the
+			// worker is for the next connection's setup.
+			go p.servePlain(c, head, headBy, j.h)
 			return
 		}
 		j.h.give(&earlyConn{Conn: c, early: head, headBy: headBy})
