@@ -127,6 +127,13 @@ func bench(s settings) error {
 	sink, echo, web := sinks[0], echos[0], webs[0]
 	targets := slices.Concat(sinks, echos, webs) // the relays take the last originAddrs for the web server's
 	var peers []*peer
+	// Stopped however the run ends: a peer that fails to start must not leave the
+	// ones before it running.
+	defer func() {
+		for _, p := range peers {
+			p.stop()
+		}
+	}()
 	e, err := startEgressd(dir, targets, "egressd", ".")
 	if err != nil {
 		return err
@@ -155,12 +162,6 @@ func bench(s settings) error {
 			peers = append(peers, p)
 		}
 	}
-	defer func() {
-		for _, p := range peers {
-			p.stop()
-		}
-	}()
-
 	var names []string
 	for _, p := range peers {
 		names = append(names, p.name)
