@@ -23,12 +23,11 @@ import (
 // first request of its connection. The accept loop here reads that first request
 // itself, with a small pooled buffer, and opens the tunnel on the accepting
 // goroutine: no net/http connection (two 4 KiB buffers that a hijack never gives
-// back, a background reader, a context), no goproxy context, no hijack. Plain HTTP
-// goes to plain.go's loop, which leaves to net/http what it does not serve. Anything
-// else that is not a plain, well-formed CONNECT (a head too large for the buffer or
-// one net/http would refuse, egressd.internal, a proxy at its connection limit)
-// goes to net/http, and so to goproxy, with the bytes read so far replayed: its
-// answer is the one it always was.
+// back, a background reader, a context), no goproxy context, no hijack. Anything
+// that is not a plain, well-formed CONNECT (plain HTTP, a head too large for the
+// buffer or one net/http would refuse, egressd.internal, a proxy at its connection
+// limit) goes to net/http, and so to goproxy, with the bytes read so far replayed:
+// its answer is the one it always was.
 
 // connectPrefix is how a CONNECT request starts.
 var connectPrefix = []byte("CONNECT ")

@@ -177,10 +177,10 @@ func (w *plainWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		w.chunks.flush()
 	}
 	pc := w.pc
-	if !pc.detach() {
-		return nil, nil, net.ErrClosed // a shutdown closed it; the loop ends it
-	}
 	w.hijacked = true
+	if !pc.detach() {
+		return nil, nil, net.ErrClosed
+	}
 	pc.p.conns.Add(-1) // as net/http's StateHijacked: counted again by what takes it
 	pc.c.SetDeadline(time.Time{})
 	pc.bw.Reset(pc.c)
