@@ -127,9 +127,7 @@ func (p *Proxy) firstRequest(j job) {
 			}
 		}
 		if plain {
-			// A goroutine of its own: the connection may stay for long, and the
-			// worker is for the next connection's setup.
-			go p.servePlain(c, head, headBy, j.h)
+			p.servePlain(c, head, headBy, j.h)
 			return
 		}
 		j.h.give(&earlyConn{Conn: c, early: head, headBy: headBy})
