@@ -339,20 +339,14 @@ func (s *plainConns) shutdown(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
-			s.closeAll()
+			s.mu.Lock()
+			for pc := range s.conns {
+				pc.c.Close()
+			}
+			s.mu.Unlock()
 			return
 		case <-tick.C:
 		}
-	}
-}
-
-// closeAll stops new connections and closes every connection now.
-func (s *plainConns) closeAll() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.stopping = true
-	for pc := range s.conns {
-		pc.c.Close()
 	}
 }
 

@@ -373,7 +373,6 @@ func (p *Proxy) close() {
 	}
 	p.mu.Unlock()
 	p.srv.Close()
-	p.plain.closeAll()
 	p.tunnels.closeAll(closeShutdown)
 	p.stopPollers()
 	p.upstreams.close()
