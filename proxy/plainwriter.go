@@ -44,8 +44,7 @@ type plainWriter struct {
 	trailers        []string // declared by the Trailer header
 
 	dateBuf [len(http.TimeFormat)]byte
-	numBuf  [20]byte // status codes and chunk sizes
-	clenBuf [20]byte // a Content-Length net/http adds
+	numBuf  [20]byte
 }
 
 // bufferBeforeChunkingSize is net/http's: answers up to it that the handler
@@ -304,7 +303,7 @@ func (cw *chunkSink) writeHeader(p []byte) {
 	hasTE := te != ""
 	if w.handlerDone && !trailers && !hasTE && bodyAllowedForStatus(w.status) && !headerHas(header, "Content-Length") && (!w.isHEAD || len(p) > 0) {
 		w.contentLength = int64(len(p))
-		set.contentLength = strconv.AppendInt(w.clenBuf[:0], int64(len(p)), 10)
+		set.contentLength = strconv.AppendInt(w.numBuf[:0], int64(len(p)), 10)
 	}
 	hasCL := w.contentLength != -1
 	if headerGet(header, "Connection") == "close" || !keepAlives {
