@@ -105,7 +105,6 @@ type Proxy struct {
 	upstreams *upstreams   // the one HTTP client for plain-HTTP requests
 	srv       *http.Server
 	tunnels   *tunnelSet
-	plain     plainConns // connections served by plain.go's loop
 	conns     atomic.Int64 // client connections open, tunnels and upgrades included
 	// maxOpen is the client connections the file-descriptor budget allows; past it
 	// the listener stops accepting until one closes.
@@ -317,13 +316,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		ln.Close()
 	}
 	p.mu.Unlock()
-	plainDone := make(chan struct{})
-	go func() {
-		p.plain.shutdown(ctx)
-		close(plainDone)
-	}()
 	err := p.srv.Shutdown(ctx)
-	<-plainDone
 	// Hijacked tunnels are not the server's to wait for; they are ours.
 	p.waitTunnels(ctx)
 	if n := p.tunnels.closeAll(closeShutdown); n > 0 {
