@@ -23,11 +23,12 @@ import (
 // first request of its connection. The accept loop here reads that first request
 // itself, with a small pooled buffer, and opens the tunnel on the accepting
 // goroutine: no net/http connection (two 4 KiB buffers that a hijack never gives
-// back, a background reader, a context), no goproxy context, no hijack. Anything
-// that is not a plain, well-formed CONNECT (plain HTTP, a head too large for the
-// buffer or one net/http would refuse, egressd.internal, a proxy at its connection
-// limit) goes to net/http, and so to goproxy, with the bytes read so far replayed:
-// its answer is the one it always was.
+// back, a background reader, a context), no goproxy context, no hijack. Plain HTTP
+// goes to plain.go's loop, which leaves to net/http what it does not serve. Anything
+// else that is not a plain, well-formed CONNECT (a head too large for the buffer or
+// one net/http would refuse, egressd.internal, a proxy at its connection limit)
+// goes to net/http, and so to goproxy, with the bytes read so far replayed: its
+// answer is the one it always was.
 
 // connectPrefix is how a CONNECT request starts.
 var connectPrefix = []byte("CONNECT ")
@@ -119,11 +120,18 @@ func (p *Proxy) firstRequest(j job) {
 		head := bytes.Clone((*buf)[:n])
 		headBufs.Put(buf)
 		j.slot.release() // net/http counts the connection again
+		plain := r == nil && err == nil && !bytes.HasPrefix(head, connectPrefix)
 		c := j.conn
 		if j.sock != nil {
 			if c, err = j.sock.netConn(j.h.Addr(), net.TCPAddrFromAddrPort(j.peer)); err != nil {
 				return
 			}
+		}
+		if plain {
+			// A goroutine of its own: the connection may stay for long, and the
+			// worker is for the next connection's setup.
+			go p.servePlain(c, head, headBy, j.h)
+			return
 		}
 		j.h.give(&earlyConn{Conn: c, early: head, headBy: headBy})
 		return
@@ -205,54 +213,86 @@ func indexByteFrom(b []byte, c byte, from int) int {
 	return -1
 }
 
-// parseConnect parses head with net/http's own parser and returns the request if it
-// is a CONNECT that net/http's server would pass to its handler as it is: HTTP/1,
-// no body, no Expect, one valid Host at most, valid header names and values, and the
-// parser used exactly head. Anything else is nil, for net/http to answer.
-func parseConnect(head []byte) *http.Request {
+// parseHead parses head with net/http's own parser and returns the request if
+// net/http's server would pass it to its handler as it is: HTTP/1, no body, no
+// Expect, Host headers it accepts, valid header names and values, and the parser
+// used exactly head; and how many Host headers head has. Anything else is nil,
+// for net/http to answer.
+func parseHead(head []byte) (*http.Request, int) {
 	hr := headReaders.Get().(*headReader)
 	defer headReaders.Put(hr)
 	hr.src.Reset(head)
 	hr.br.Reset(&hr.src)
 	r, err := http.ReadRequest(&hr.br)
 	if err != nil || hr.br.Buffered() > 0 || hr.src.Len() > 0 {
-		return nil
+		return nil, 0
 	}
-	if r.Method != http.MethodConnect || r.ProtoMajor != 1 || r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
-		return nil
+	if r.ProtoMajor != 1 || r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
+		return nil, 0
 	}
 	if _, ok := r.Header["Expect"]; ok {
-		return nil
+		return nil, 0
 	}
-	if !hostHeadersValid(head) { // ReadRequest has removed them from r.Header
-		return nil
+	hosts, ok := hostHeaders(head) // ReadRequest has removed them from r.Header
+	if !ok {
+		return nil, 0
 	}
 	for name, values := range r.Header {
 		if !httpguts.ValidHeaderFieldName(name) {
-			return nil
+			return nil, 0
 		}
 		for _, v := range values {
 			if !httpguts.ValidHeaderFieldValue(v) {
-				return nil
+				return nil, 0
 			}
 		}
+	}
+	return r, hosts
+}
+
+// parseConnect returns the CONNECT request in head that net/http's server would
+// pass to its handler as it is (parseHead), or nil.
+func parseConnect(head []byte) *http.Request {
+	if r, _ := parseHead(head); r != nil && r.Method == http.MethodConnect {
+		return r
+	}
+	return nil
+}
+
+// parsePlain returns the plain-HTTP request in head that a plainConn serves: one
+// net/http's server would pass to its handler as it is (parseHead), HTTP/1.1 with
+// its one Host header, for an http:// URL of a host other than egressd.internal,
+// asking for no upgrade. Anything else is nil: net/http serves it.
+func parsePlain(head []byte) *http.Request {
+	r, hosts := parseHead(head)
+	if r == nil || r.Method == http.MethodConnect || r.ProtoMinor != 1 || hosts != 1 {
+		return nil
+	}
+	if r.URL.Scheme != "http" || r.URL.Host == "" || isLocalHost(r.URL.Hostname()) {
+		return nil
+	}
+	if _, ok := r.Header["Upgrade"]; ok {
+		return nil
 	}
 	return r
 }
 
-// hostHeadersValid reports whether every Host header line in a head that
-// http.ReadRequest accepted has a value net/http's server accepts.
-func hostHeadersValid(head []byte) bool {
+// hostHeaders counts the Host header lines of a head that http.ReadRequest
+// accepted, and reports whether net/http's server accepts every value.
+func hostHeaders(head []byte) (n int, ok bool) {
 	_, rest, _ := bytes.Cut(head, []byte("\n")) // the request line
 	for len(rest) > 0 {
 		var line []byte
 		line, rest, _ = bytes.Cut(rest, []byte("\n"))
-		name, value, ok := bytes.Cut(line, []byte(":"))
-		if ok && bytes.EqualFold(name, []byte("Host")) && !httpguts.ValidHostHeader(string(bytes.Trim(value, " \t\r"))) {
-			return false
+		name, value, found := bytes.Cut(line, []byte(":"))
+		if found && bytes.EqualFold(name, []byte("Host")) {
+			n++
+			if !httpguts.ValidHostHeader(string(bytes.Trim(value, " \t\r"))) {
+				return n, false
+			}
 		}
 	}
-	return true
+	return n, true
 }
 
 // headReader parses a head already in memory.

@@ -7,9 +7,12 @@
 //     CONNECT (what every HTTPS call of a function opens with) is decided and
 //     tunnelled there, on a setup worker (workers.go: goroutines kept with their
 //     grown stacks), its client and upstream bare sockets outside the Go runtime's
-//     poller (socket_linux.go); any other goes to net/http with the bytes read so
-//     far replayed.
-//   - goproxy.go: net/http's handler and egressd's one contact with goproxy. The
+//     poller (socket_linux.go). A connection that starts with plain HTTP is served
+//     by a loop of egressd's own (plain.go, its answers framed by net/http's rules
+//     in plainwriter.go) while its requests are the plain kind net/http would pass
+//     on unchanged; any other connection, and any other request, goes to net/http
+//     with the bytes read so far replayed.
+//   - goproxy.go: the handler of both servers and egressd's one contact with goproxy. The
 //     handlers decide each target against the policy and put the exchange (the
 //     request's state, exchange.go) in goproxy's ProxyCtx.UserData.
 //   - upstream.go: plain HTTP goes to its origin through one HTTP/1.1 client with

@@ -55,10 +55,12 @@ type poller struct {
 	free  []int32
 }
 
-// pollSlot is what an event names: a direction, or a wait (ready is closed).
+// pollSlot is what an event names: a direction, a wait (ready is closed), or a
+// plain-HTTP client watched for its end (hup is called).
 type pollSlot struct {
 	d     *direction
 	ready chan struct{}
+	hup   func()
 	gen   uint32
 }
 
@@ -237,7 +239,7 @@ func (pl *poller) takeSlot(s pollSlot) (slot int32, gen uint32) {
 // freeSlot empties slot; events still queued for it are dropped. pl.mu is held.
 func (pl *poller) freeSlot(slot int32) {
 	s := &pl.slots[slot]
-	s.d, s.ready = nil, nil
+	s.d, s.ready, s.hup = nil, nil, nil
 	s.gen++
 	pl.free = append(pl.free, slot)
 }
@@ -264,6 +266,56 @@ func (pl *poller) wait(ctx context.Context, fd int, events uint32) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// hangUpWatch is a plain-HTTP client connection registered with a poller for its
+// peer's end (EPOLLRDHUP, edge-triggered: one event, and none for the bytes that
+// come before it).
+type hangUpWatch struct {
+	pl   *poller
+	rc   syscall.RawConn
+	slot int32
+}
+
+// watchHangUp has a poller call f when c's peer shuts its end or c fails. Without a
+// poller, or if c cannot be registered, nothing watches c.
+func (p *Proxy) watchHangUp(c net.Conn, f func()) hangUpWatch {
+	pl := p.nextPoller()
+	sc, ok := c.(syscall.Conn)
+	if pl == nil || !ok {
+		return hangUpWatch{}
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return hangUpWatch{}
+	}
+	pl.mu.Lock()
+	slot, gen := pl.takeSlot(pollSlot{hup: f})
+	pl.mu.Unlock()
+	var cerr error
+	err = rc.Control(func(fd uintptr) {
+		cerr = pl.ctl(unix.EPOLL_CTL_ADD, int(fd), &unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLET, Fd: slot, Pad: int32(gen)})
+	})
+	if err != nil || cerr != nil {
+		pl.mu.Lock()
+		pl.freeSlot(slot)
+		pl.mu.Unlock()
+		return hangUpWatch{}
+	}
+	return hangUpWatch{pl: pl, rc: rc, slot: slot}
+}
+
+// stop ends the watch, once. A connection already closed has left the epoll
+// instance with its last descriptor.
+func (h *hangUpWatch) stop() {
+	if h.pl == nil {
+		return
+	}
+	h.rc.Control(func(fd uintptr) { h.pl.ctl(unix.EPOLL_CTL_DEL, int(fd), nil) })
+	h.pl.mu.Lock()
+	h.pl.freeSlot(h.slot)
+	h.pl.mu.Unlock()
+	h.pl = nil
 }
 
 // watch starts reading t's two sources. If the first cannot be watched (the
@@ -355,6 +407,7 @@ func (d *direction) release() bool {
 func (pl *poller) run() {
 	events := make([]unix.EpollEvent, 128)
 	ready := make([]readyDirection, 0, len(events))
+	var hups []func()
 	pl.rc.Read(func(efd uintptr) bool {
 		for {
 			n, err := rawEpollWaitNow(int(efd), events)
@@ -374,6 +427,8 @@ func (pl *poller) run() {
 					case s.ready != nil:
 						close(s.ready) // a wait's one event (EPOLLONESHOT)
 						s.ready = nil
+					case s.hup != nil:
+						hups = append(hups, s.hup)
 					}
 				}
 			}
@@ -383,6 +438,11 @@ func (pl *poller) run() {
 			}
 			clear(ready)
 			ready = ready[:0]
+			for _, f := range hups {
+				f()
+			}
+			clear(hups)
+			hups = hups[:0]
 			if n < len(events) {
 				return false // all taken: an edge-triggered event comes again only with news
 			}

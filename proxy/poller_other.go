@@ -51,3 +51,10 @@ type sockReader struct {
 }
 
 func (*sockReader) Read([]byte) (int, error) { return 0, net.ErrClosed }
+
+// hangUpWatch watches nothing without a poller.
+type hangUpWatch struct{}
+
+func (p *Proxy) watchHangUp(net.Conn, func()) hangUpWatch { return hangUpWatch{} }
+
+func (*hangUpWatch) stop() {}

@@ -105,6 +105,7 @@ type Proxy struct {
 	upstreams *upstreams   // the one HTTP client for plain-HTTP requests
 	srv       *http.Server
 	tunnels   *tunnelSet
+	plain     plainConns   // connections served by plain.go's loop
 	conns     atomic.Int64 // client connections open, tunnels and upgrades included
 	// maxOpen is the client connections the file-descriptor budget allows; past it
 	// the listener stops accepting until one closes.
@@ -316,7 +317,13 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		ln.Close()
 	}
 	p.mu.Unlock()
+	plainDone := make(chan struct{})
+	go func() {
+		p.plain.shutdown(ctx)
+		close(plainDone)
+	}()
 	err := p.srv.Shutdown(ctx)
+	<-plainDone
 	// Hijacked tunnels are not the server's to wait for; they are ours.
 	p.waitTunnels(ctx)
 	if n := p.tunnels.closeAll(closeShutdown); n > 0 {
@@ -366,6 +373,7 @@ func (p *Proxy) close() {
 	}
 	p.mu.Unlock()
 	p.srv.Close()
+	p.plain.closeAll()
 	p.tunnels.closeAll(closeShutdown)
 	p.stopPollers()
 	p.upstreams.close()

@@ -145,8 +145,12 @@ func (u *upstreams) connect(ctx context.Context, scheme, host string, port uint1
 		}
 		c = tlc
 	}
-	limit := &headerLimit{r: c, left: -1}
-	return &upstreamConn{conn: c, tcp: tc, limit: limit, br: bufio.NewReaderSize(limit, 4096), bw: bufio.NewWriterSize(c, 4096), key: key}, nil
+	var rw io.ReadWriter = c
+	if c == net.Conn(tc) {
+		rw = newRawIO(tc)
+	}
+	limit := &headerLimit{r: rw, left: -1}
+	return &upstreamConn{conn: c, tcp: tc, limit: limit, br: bufio.NewReaderSize(limit, 4096), bw: bufio.NewWriterSize(rw, 4096), key: key}, nil
 }
 
 // exchange writes r on uc and reads the answer's header.

@@ -1,0 +1,65 @@
+//go:build linux
+
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// TestRawIO: raw reads and writes behave as net.Conn's: a write to a full socket
+// waits in the runtime's poller and completes whole, a read gives the bytes and
+// then io.EOF, and a deadline ends a wait with a timeout error net's callers
+// recognise.
+func TestRawIO(t *testing.T) {
+	ln := listenLoopback(t)
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	server.(*net.TCPConn).SetWriteBuffer(64 << 10)
+	rw := newRawIO(server)
+	if _, ok := rw.(*rawIO); !ok {
+		t.Fatalf("newRawIO gave %T for a TCP connection", rw)
+	}
+
+	want := bytes.Repeat([]byte("0123456789abcdef"), 256<<10) // 4 MiB: many times the buffers
+	got := make(chan []byte, 1)
+	go func() {
+		time.Sleep(100 * time.Millisecond) // the writer finds the socket full first
+		b, _ := io.ReadAll(io.LimitReader(client, int64(len(want))))
+		got <- b
+	}()
+	server.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if n, err := rw.Write(want); n != len(want) || err != nil {
+		t.Fatalf("Write: %d, %v; want %d, nil", n, err, len(want))
+	}
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("the peer read %d bytes, not what was written", len(b))
+	}
+
+	server.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	_, err = rw.Read(make([]byte, 10))
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past the deadline: %v; want a timeout", err)
+	}
+	server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	client.Write([]byte("hello"))
+	client.Close()
+	b, err := io.ReadAll(rw)
+	if string(b) != "hello" || err != nil {
+		t.Fatalf("ReadAll: %q, %v; want \"hello\" then EOF", b, err)
+	}
+}
