@@ -51,9 +51,9 @@ func (r *rawIO) Read(p []byte) (int, error) {
 	})
 	switch {
 	case err != nil:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: r.c.LocalAddr(), Addr: r.c.RemoteAddr(), Err: err}
+		return 0, r.opError("read", err)
 	case rerr != nil:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: r.c.LocalAddr(), Addr: r.c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+		return 0, r.opError("read", os.NewSyscallError("read", rerr))
 	case n == 0:
 		return 0, io.EOF
 	}
@@ -83,9 +83,19 @@ func (r *rawIO) Write(p []byte) (int, error) {
 	})
 	switch {
 	case err != nil:
-		return done, &net.OpError{Op: "write", Net: "tcp", Source: r.c.LocalAddr(), Addr: r.c.RemoteAddr(), Err: err}
+		return done, r.opError("write", err)
 	case werr != nil:
-		return done, &net.OpError{Op: "write", Net: "tcp", Source: r.c.LocalAddr(), Addr: r.c.RemoteAddr(), Err: os.NewSyscallError("write", werr)}
+		return done, r.opError("write", os.NewSyscallError("write", werr))
 	}
 	return done, nil
+}
+
+// opError shapes err as net's own read and write errors read ("read tcp
+// 127.0.0.1:1->127.0.0.1:2: i/o timeout"); the RawConn's own wrapping ("raw-read")
+// is taken off.
+func (r *rawIO) opError(op string, err error) error {
+	if oe, ok := err.(*net.OpError); ok {
+		err = oe.Err
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: r.c.LocalAddr(), Addr: r.c.RemoteAddr(), Err: err}
 }

@@ -55,6 +55,12 @@ func TestRawIO(t *testing.T) {
 	if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("Read past the deadline: %v; want a timeout", err)
 	}
+	// The text net's own read gives, which answers and the log quote.
+	server.SetReadDeadline(time.Now().Add(time.Millisecond))
+	_, netErr := server.Read(make([]byte, 10))
+	if err.Error() != netErr.Error() {
+		t.Errorf("Read past the deadline: %q; net's own read says %q", err, netErr)
+	}
 	server.SetReadDeadline(time.Now().Add(10 * time.Second))
 	client.Write([]byte("hello"))
 	client.Close()
