@@ -42,8 +42,7 @@ type plainConn struct {
 	p      *Proxy
 	c      net.Conn
 	remote string
-	br     *bufio.Reader // reads c, after replay
-	replay replayReader
+	br     *bufio.Reader // reads c, after the bytes the accept loop read
 	bw     *bufio.Writer // writes c
 	w      plainWriter
 	h      *handoff
@@ -79,29 +78,13 @@ func (cw connWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// replayReader gives the bytes the accept loop read before the connection's own.
-type replayReader struct {
-	early []byte
-	c     io.Reader
-}
-
-func (r *replayReader) Read(p []byte) (int, error) {
-	if len(r.early) > 0 {
-		n := copy(p, r.early)
-		r.early = r.early[n:]
-		return n, nil
-	}
-	return r.c.Read(p)
-}
-
 // servePlain serves c, whose first bytes (head, read by the accept loop) are not a
 // CONNECT, until it closes, goes to net/http, or is hijacked. headBy is when the
 // first request's head must be in.
 func (p *Proxy) servePlain(c net.Conn, head []byte, headBy time.Time, h *handoff) {
 	pc := &plainConn{p: p, c: c, h: h, remote: c.RemoteAddr().String()}
 	pc.io = newRawIO(c)
-	pc.replay = replayReader{early: head, c: pc.io}
-	pc.br = bufio.NewReaderSize(&pc.replay, headSize)
+	pc.br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(head), pc.io), headSize)
 	pc.bw = bufio.NewWriterSize(connWriter{pc}, 4<<10)
 	p.notePeak(p.conns.Add(1))
 	if !p.plain.add(pc) {

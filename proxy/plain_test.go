@@ -229,8 +229,7 @@ func plainAnswer(t *testing.T, req string, h http.HandlerFunc) (string, bool) {
 		}
 		pc := &plainConn{p: p, c: c, remote: c.RemoteAddr().String()}
 		pc.io = c
-		pc.replay = replayReader{c: c}
-		pc.br = bufio.NewReader(&pc.replay)
+		pc.br = bufio.NewReader(c)
 		pc.bw = bufio.NewWriter(connWriter{pc})
 		for i := 0; i < 2; i++ {
 			r, err := http.ReadRequest(pc.br)
@@ -429,18 +428,12 @@ func TestPlainClientGone(t *testing.T) {
 		t.Fatalf("%d connections on the plain loop; want 1", n)
 	}
 	c.Close()
-	deadline := time.Now().Add(5 * time.Second) // the origin's answer wait is 60 s
-	for !strings.Contains(log.String(), `"msg":"request"`) {
-		if time.Now().After(deadline) {
-			t.Fatal("no access log line 5 s after the client went away: the request still waits")
-		}
-		time.Sleep(10 * time.Millisecond)
+	// The origin's answer wait is 60 s.
+	if !waitFor(func() bool { return strings.Contains(log.String(), `"msg":"request"`) }) {
+		t.Fatal("no access log line 2 s after the client went away: the request still waits")
 	}
-	for plainConnsOpen(p) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the connection is still on the plain loop")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !waitFor(func() bool { return plainConnsOpen(p) == 0 }) {
+		t.Fatal("the connection is still on the plain loop")
 	}
 }
 
@@ -508,11 +501,8 @@ func TestPlainShutdown(t *testing.T) {
 	busy, busyBr := rawRequest(t, addr, get("/"))
 	readAnswer(t, busyBr, "GET")
 	io.WriteString(busy, get("/slow"))
-	for deadline := time.Now().Add(5 * time.Second); plainInFlight(p) == 0; {
-		if time.Now().After(deadline) {
-			t.Fatal("the slow request is not in progress on the plain loop after 5 s")
-		}
-		time.Sleep(5 * time.Millisecond)
+	if !waitFor(func() bool { return plainInFlight(p) > 0 }) {
+		t.Fatal("the slow request is not in progress on the plain loop after 2 s")
 	}
 
 	done := make(chan error, 1)

@@ -441,12 +441,17 @@ func bodyAllowedForStatus(status int) bool {
 	return true
 }
 
+var (
+	suppressedHeaders304    = []string{"Content-Type", "Content-Length", "Transfer-Encoding"}
+	suppressedHeadersNoBody = []string{"Content-Length", "Transfer-Encoding"}
+)
+
 func suppressedHeaders(status int) []string {
 	switch {
 	case status == http.StatusNotModified:
-		return []string{"Content-Type", "Content-Length", "Transfer-Encoding"}
+		return suppressedHeaders304
 	case !bodyAllowedForStatus(status):
-		return []string{"Content-Length", "Transfer-Encoding"}
+		return suppressedHeadersNoBody
 	}
 	return nil
 }

@@ -248,17 +248,11 @@ func (pl *poller) freeSlot(slot int32) {
 // hang-up, or with ctx's error once ctx ends first.
 func (pl *poller) wait(ctx context.Context, fd int, events uint32) error {
 	ready := make(chan struct{})
-	pl.mu.Lock()
-	slot, gen := pl.takeSlot(pollSlot{ready: ready})
-	pl.mu.Unlock()
-	defer func() {
-		pl.mu.Lock()
-		pl.freeSlot(slot)
-		pl.mu.Unlock()
-	}()
-	if err := pl.ctl(unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: events | unix.EPOLLONESHOT, Fd: slot, Pad: int32(gen)}); err != nil {
+	slot, err := pl.register(pollSlot{ready: ready}, fd, events|unix.EPOLLONESHOT)
+	if err != nil {
 		return err
 	}
+	defer pl.releaseSlot(slot)
 	defer pl.ctl(unix.EPOLL_CTL_DEL, fd, nil)
 	select {
 	case <-ready:
@@ -266,6 +260,27 @@ func (pl *poller) wait(ctx context.Context, fd int, events uint32) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// register takes a slot for s and adds fd to the epoll instance for events, its
+// events naming that slot. If the kernel refuses, the slot is given back.
+func (pl *poller) register(s pollSlot, fd int, events uint32) (int32, error) {
+	pl.mu.Lock()
+	slot, gen := pl.takeSlot(s)
+	pl.mu.Unlock()
+	if err := pl.ctl(unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: events, Fd: slot, Pad: int32(gen)}); err != nil {
+		pl.releaseSlot(slot)
+		return 0, err
+	}
+	return slot, nil
+}
+
+// releaseSlot gives a registration's slot back, once its descriptor has left the
+// epoll instance.
+func (pl *poller) releaseSlot(slot int32) {
+	pl.mu.Lock()
+	pl.freeSlot(slot)
+	pl.mu.Unlock()
 }
 
 // hangUpWatch is a plain-HTTP client connection registered with a poller for its
@@ -289,17 +304,12 @@ func (p *Proxy) watchHangUp(c net.Conn, f func()) hangUpWatch {
 	if err != nil {
 		return hangUpWatch{}
 	}
-	pl.mu.Lock()
-	slot, gen := pl.takeSlot(pollSlot{hup: f})
-	pl.mu.Unlock()
-	var cerr error
-	err = rc.Control(func(fd uintptr) {
-		cerr = pl.ctl(unix.EPOLL_CTL_ADD, int(fd), &unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLET, Fd: slot, Pad: int32(gen)})
-	})
-	if err != nil || cerr != nil {
-		pl.mu.Lock()
-		pl.freeSlot(slot)
-		pl.mu.Unlock()
+	var (
+		slot int32
+		rerr error = net.ErrClosed
+	)
+	rc.Control(func(fd uintptr) { slot, rerr = pl.register(pollSlot{hup: f}, int(fd), unix.EPOLLRDHUP|unix.EPOLLET) })
+	if rerr != nil {
 		return hangUpWatch{}
 	}
 	return hangUpWatch{pl: pl, rc: rc, slot: slot}
@@ -312,9 +322,7 @@ func (h *hangUpWatch) stop() {
 		return
 	}
 	h.rc.Control(func(fd uintptr) { h.pl.ctl(unix.EPOLL_CTL_DEL, int(fd), nil) })
-	h.pl.mu.Lock()
-	h.pl.freeSlot(h.slot)
-	h.pl.mu.Unlock()
+	h.pl.releaseSlot(h.slot)
 	h.pl = nil
 }
 

@@ -17,18 +17,8 @@ import (
 // then io.EOF, and a deadline ends a wait with a timeout error net's callers
 // recognise.
 func TestRawIO(t *testing.T) {
-	ln := listenLoopback(t)
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
-	server.(*net.TCPConn).SetWriteBuffer(64 << 10)
+	client, server := tcpPair(t)
+	server.SetWriteBuffer(64 << 10)
 	rw := newRawIO(server)
 	if _, ok := rw.(*rawIO); !ok {
 		t.Fatalf("newRawIO gave %T for a TCP connection", rw)
@@ -50,7 +40,7 @@ func TestRawIO(t *testing.T) {
 	}
 
 	server.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-	_, err = rw.Read(make([]byte, 10))
+	_, err := rw.Read(make([]byte, 10))
 	var ne net.Error
 	if !errors.As(err, &ne) || !ne.Timeout() || !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("Read past the deadline: %v; want a timeout", err)

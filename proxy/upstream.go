@@ -122,7 +122,10 @@ func (u *upstreams) connect(ctx context.Context, scheme, host string, port uint1
 	if err != nil {
 		return nil, err
 	}
+	// c is the connection as the exchange sees it (deadlines, close); rw carries its
+	// bytes: raw system calls on a plain one (rawio_linux.go), TLS on an https one.
 	var c net.Conn = tc
+	rw := newRawIO(tc)
 	if scheme == "https" {
 		cfg := &tls.Config{}
 		switch {
@@ -143,11 +146,7 @@ func (u *upstreams) connect(ctx context.Context, scheme, host string, port uint1
 			tc.Close()
 			return nil, &handshakeError{err: err}
 		}
-		c = tlc
-	}
-	var rw io.ReadWriter = c
-	if c == net.Conn(tc) {
-		rw = newRawIO(tc)
+		c, rw = tlc, tlc
 	}
 	limit := &headerLimit{r: rw, left: -1}
 	return &upstreamConn{conn: c, tcp: tc, limit: limit, br: bufio.NewReaderSize(limit, 4096), bw: bufio.NewWriterSize(rw, 4096), key: key}, nil
