@@ -220,12 +220,13 @@ func (pc *plainConn) handle(w *plainWriter, r *http.Request) (ok bool) {
 func (pc *plainConn) toNetHTTP(headBy time.Time) {
 	early, _ := pc.br.Peek(pc.br.Buffered())
 	early = bytes.Clone(early)
-	if !pc.detach() {
+	closed := !pc.detach()
+	pc.p.conns.Add(-1) // net/http counts it again, or it is closed
+	if closed {
 		pc.c.Close()
 		return
 	}
 	pc.c.SetReadDeadline(time.Time{})
-	pc.p.conns.Add(-1) // net/http counts it again
 	pc.h.give(&earlyConn{Conn: pc.c, early: early, headBy: headBy})
 }
 
