@@ -17,7 +17,7 @@ import (
 // request's own work: a background read that finds nothing (a goroutine, a system
 // call, and two deadlines to stop it), five deadlines set and cleared, a context
 // and a connection-state hook. A connection whose first request is plain HTTP is
-// served here instead, on the goroutine that read that request, while its requests
+// served here instead, on a goroutine of its own, while its requests
 // are the ones net/http's server would pass to its handler unchanged: HTTP/1.1, in
 // absolute form for http://, no body, no Expect, no Upgrade, valid headers and one
 // valid Host (parsePlain). The handler is the same (Proxy.ServeHTTP, so goproxy and
