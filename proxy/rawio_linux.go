@@ -13,9 +13,24 @@ import (
 // RawConn: the runtime's poller still waits and deadlines still hold, but the
 // calls do not count as ones that may block, so sysmon does not take the
 // processor back from a long loopback write.
+//
+// The calls' arguments and results are fields, and the callbacks given to the
+// RawConn are made once per connection: a closure per call would put itself and
+// what it captures on the heap (the RawConn is an interface), several allocations
+// per read or write. So one read and one write may run at a time, not two reads.
 type rawIO struct {
 	c  net.Conn
 	rc syscall.RawConn
+
+	readFn func(fd uintptr) bool
+	rp     []byte
+	rn     int
+	rerr   error
+
+	writeFn func(fd uintptr) bool
+	wp      []byte
+	wdone   int
+	werr    error
 }
 
 // newRawIO returns c's raw reader and writer, or c itself if it is not a TCP
@@ -29,26 +44,19 @@ func newRawIO(c net.Conn) io.ReadWriter {
 	if err != nil {
 		return c
 	}
-	return &rawIO{c: c, rc: rc}
+	r := &rawIO{c: c, rc: rc}
+	r.readFn, r.writeFn = r.readOnce, r.writeAll
+	return r
 }
 
 func (r *rawIO) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var (
-		n    int
-		rerr error
-	)
-	err := r.rc.Read(func(fd uintptr) bool {
-		for {
-			n, rerr = rawRead(int(fd), p)
-			if rerr != unix.EINTR {
-				break
-			}
-		}
-		return rerr != unix.EAGAIN
-	})
+	r.rp, r.rn, r.rerr = p, 0, nil
+	err := r.rc.Read(r.readFn)
+	n, rerr := r.rn, r.rerr
+	r.rp, r.rerr = nil, nil
 	switch {
 	case err != nil:
 		return 0, r.opError("read", err)
@@ -60,27 +68,22 @@ func (r *rawIO) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (r *rawIO) Write(p []byte) (int, error) {
-	var (
-		done int
-		werr error
-	)
-	err := r.rc.Write(func(fd uintptr) bool {
-		for done < len(p) {
-			n, e := rawWrite(int(fd), p[done:])
-			switch e {
-			case nil:
-				done += n
-			case unix.EINTR:
-			case unix.EAGAIN:
-				return false
-			default:
-				werr = e
-				return true
-			}
+// readOnce is Read's callback: false asks the poller to wait for the descriptor.
+func (r *rawIO) readOnce(fd uintptr) bool {
+	for {
+		r.rn, r.rerr = rawRead(int(fd), r.rp)
+		if r.rerr != unix.EINTR {
+			break
 		}
-		return true
-	})
+	}
+	return r.rerr != unix.EAGAIN
+}
+
+func (r *rawIO) Write(p []byte) (int, error) {
+	r.wp, r.wdone, r.werr = p, 0, nil
+	err := r.rc.Write(r.writeFn)
+	done, werr := r.wdone, r.werr
+	r.wp, r.werr = nil, nil
 	switch {
 	case err != nil:
 		return done, r.opError("write", err)
@@ -88,6 +91,25 @@ func (r *rawIO) Write(p []byte) (int, error) {
 		return done, r.opError("write", os.NewSyscallError("write", werr))
 	}
 	return done, nil
+}
+
+// writeAll is Write's callback: it writes until all is written, the socket is full
+// (false: wait), or an error.
+func (r *rawIO) writeAll(fd uintptr) bool {
+	for r.wdone < len(r.wp) {
+		n, e := rawWrite(int(fd), r.wp[r.wdone:])
+		switch e {
+		case nil:
+			r.wdone += n
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			r.werr = e
+			return true
+		}
+	}
+	return true
 }
 
 // opError shapes err as net's own read and write errors read ("read tcp

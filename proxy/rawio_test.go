@@ -59,3 +59,30 @@ func TestRawIO(t *testing.T) {
 		t.Fatalf("ReadAll: %q, %v; want \"hello\" then EOF", b, err)
 	}
 }
+
+// TestRawIOAllocations: a raw read or write allocates nothing (every plain-HTTP
+// request makes several of each).
+func TestRawIOAllocations(t *testing.T) {
+	client, server := tcpPair(t)
+	rw := newRawIO(server)
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	server.SetDeadline(time.Now().Add(10 * time.Second))
+	msg, buf := []byte("ping"), make([]byte, 16)
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := rw.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(client, buf[:len(msg)]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := client.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(rw, buf[:len(msg)]); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("a raw write and read took %v allocations; want 0", allocs)
+	}
+}
