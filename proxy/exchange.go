@@ -140,7 +140,13 @@ func (ex *exchange) finish() {
 			attrs = append(attrs, slog.String("injected", strings.Join(ex.injected, ",")))
 		}
 	}
-	p.log.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...)
+	// The handler itself, not Logger.LogAttrs: a Logger unwinds the stack for its
+	// caller's program counter on every line, which the access log never shows.
+	if h := p.log.Handler(); h.Enabled(context.Background(), slog.LevelInfo) {
+		r := slog.NewRecord(time.Now(), slog.LevelInfo, "request", 0)
+		r.AddAttrs(attrs...)
+		h.Handle(context.Background(), r)
+	}
 }
 
 // recordDenial puts the exchange in the table of recent denials, once: before the

@@ -8,6 +8,7 @@ import (
 
 	"github.com/egressd/egressd/configs"
 	"github.com/egressd/egressd/internal/config"
+	"github.com/egressd/egressd/internal/jsonlog"
 	"github.com/egressd/egressd/managed"
 	"github.com/egressd/egressd/policy"
 )
@@ -49,7 +50,7 @@ func newLogger(c *config.Config, w io.Writer) *slog.Logger {
 	if c.Log.Format == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.New(jsonlog.NewHandler(w, opts))
 }
 
 func printProblems(w io.Writer, err error) {
