@@ -52,9 +52,9 @@ type plainConn struct {
 	mu     sync.Mutex // guards the fields below, between the loop and the poller
 	idle   bool       // waiting for the next request; a shutdown may close it
 	closed bool
-	gone   bool               // the client has shut its end
-	cancel context.CancelFunc // the request in progress, if any
-	werr   error              // the first failed write: the connection is done
+	gone   bool        // the client has shut its end
+	ctx    *requestCtx // the request in progress, if any
+	werr   error       // the first failed write: the connection is done
 }
 
 // connWriter writes to the client; a failed write cancels the request in progress,
@@ -69,10 +69,10 @@ func (cw connWriter) Write(b []byte) (int, error) {
 		if pc.werr == nil {
 			pc.werr = err
 		}
-		cancel := pc.cancel
+		ctx := pc.ctx
 		pc.mu.Unlock()
-		if cancel != nil {
-			cancel()
+		if ctx != nil {
+			ctx.cancel()
 		}
 	}
 	return n, err
@@ -165,16 +165,16 @@ func (pc *plainConn) readHead(headBy time.Time) (int, bool) {
 // request.
 func (pc *plainConn) serveRequest(r *http.Request) bool {
 	p := pc.p
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx := newRequestCtx()
+	defer ctx.cancel()
 	r = r.WithContext(ctx)
 	r.RemoteAddr = pc.remote
 	pc.mu.Lock()
-	pc.cancel = cancel
+	pc.ctx = ctx
 	gone := pc.gone && pc.br.Buffered() == 0
 	pc.mu.Unlock()
 	if gone {
-		cancel()
+		ctx.cancel()
 	}
 	w := &pc.w
 	w.reset(pc, r)
@@ -182,7 +182,7 @@ func (pc *plainConn) serveRequest(r *http.Request) bool {
 		return false
 	}
 	pc.mu.Lock()
-	pc.cancel = nil
+	pc.ctx = nil
 	pc.mu.Unlock()
 	if w.hijacked {
 		return false
@@ -263,10 +263,10 @@ func (pc *plainConn) setIdle(idle bool) bool {
 func (pc *plainConn) hungUp() {
 	pc.mu.Lock()
 	pc.gone = true
-	cancel := pc.cancel
+	ctx := pc.ctx
 	pc.mu.Unlock()
-	if cancel != nil {
-		cancel()
+	if ctx != nil {
+		ctx.cancel()
 	}
 }
 

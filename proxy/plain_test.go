@@ -542,7 +542,7 @@ func plainInFlight(p *Proxy) int {
 	n := 0
 	for pc := range p.plain.conns {
 		pc.mu.Lock()
-		if pc.cancel != nil {
+		if pc.ctx != nil {
 			n++
 		}
 		pc.mu.Unlock()

@@ -156,7 +156,7 @@ func (u *upstreams) connect(ctx context.Context, scheme, host string, port uint1
 func (u *upstreams) exchange(uc *upstreamConn, r *http.Request, hasBody bool) (*http.Response, error) {
 	dl := &deadlines{conn: uc.conn, timeout: u.headerTimeout}
 	// A client that goes away cancels its request: stop writing and waiting.
-	stop := context.AfterFunc(r.Context(), dl.cancel)
+	stop := afterFunc(r.Context(), dl.cancel)
 	if err := writeRequestHead(uc.bw, r, hasBody); err != nil {
 		stop()
 		return nil, err
