@@ -584,7 +584,8 @@ func (p *Proxy) serveLocal(w http.ResponseWriter, r *http.Request) {
 }
 
 // hopByHop are the headers that describe one connection, not the message (RFC 9110
-// section 7.6.1), and are never forwarded.
+// section 7.6.1), and are never forwarded. In canonical form: removeHopByHop
+// deletes them from header maps as they are.
 var hopByHop = []string{
 	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authorization",
 	"Proxy-Authenticate", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
@@ -607,11 +608,14 @@ func removeHopByHop(h http.Header) {
 		if websocket && (name == "Upgrade" || name == "Connection") {
 			continue
 		}
-		h.Del(name)
+		delete(h, name) // canonical already: h.Del would canonicalize it again
 	}
 	if websocket {
 		h.Set("Connection", "Upgrade")
 	}
 }
 
-func isWebsocket(h http.Header) bool { return strings.EqualFold(h.Get("Upgrade"), "websocket") }
+func isWebsocket(h http.Header) bool {
+	v := h["Upgrade"] // h.Get("Upgrade"), without canonicalizing a canonical name
+	return len(v) > 0 && strings.EqualFold(v[0], "websocket")
+}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/http"
+	"net/textproto"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,6 +35,11 @@ func TestRemoveHopByHop(t *testing.T) {
 		"Trailer":             {"X-T"},
 		"Upgrade":             {"h2c"},
 		"X-End-To-End":        {"kept"},
+	}
+	for _, name := range hopByHop {
+		if c := textproto.CanonicalMIMEHeaderKey(name); c != name {
+			t.Errorf("hopByHop has %q: header maps have it as %q", name, c)
+		}
 	}
 	removeHopByHop(h)
 	if len(h) != 1 || h.Get("X-End-To-End") != "kept" {
