@@ -47,6 +47,10 @@ func (p *Proxy) newGoproxy() http.Handler {
 	gp.Logger = goproxyLogger{p.log}
 	gp.Verbose = false
 	gp.KeepAcceptEncoding = true
+	// onRequest takes the hop-by-hop headers off every request it lets through
+	// (removeHopByHop: goproxy's RemoveProxyHeaders' list and more), so goproxy's
+	// own pass, which also formats the URL for a debug line per request, is skipped.
+	gp.KeepHeader = true
 	gp.ConnectDial = nil
 	// Every request goes through ctx.RoundTripper; a Transport that cannot dial
 	// makes any other path fail loudly instead of reaching the network unchecked.
@@ -134,6 +138,7 @@ func (p *Proxy) onRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request
 	}
 	ex.upgrade = isWebsocket(r.Header)
 	removeHopByHop(r.Header)
+	r.RequestURI = "" // a client request, as goproxy's RemoveProxyHeaders leaves it
 	if e != nil && p.opts.Originator != nil {
 		return p.originate(r, ex, e, d)
 	}
