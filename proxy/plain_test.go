@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"reflect"
 	"regexp"
 	"strings"
 	"sync"
@@ -548,4 +550,66 @@ func plainInFlight(p *Proxy) int {
 		pc.mu.Unlock()
 	}
 	return n
+}
+
+// TestParsePlainAsNetHTTP: a request the plain loop serves reaches the handler as
+// net/http's server hands it over: the same method, URL, protocol, header map (no
+// Host in it), Host, Close and length, for each head the loop accepts.
+func TestParsePlainAsNetHTTP(t *testing.T) {
+	got := make(chan *http.Request, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r
+	}))
+	defer srv.Close()
+	heads := []string{
+		"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
+		"GET http://a.test:8080/p/q?x=1&y=%20#f HTTP/1.1\r\nHost: other\r\nUser-Agent: curl/8\r\nAccept: */*\r\n\r\n",
+		"HEAD http://A.Test/%7Euser HTTP/1.1\r\nhost: a.test\r\nx-lower: v\r\nX-Dup: 1\r\nx-dup: 2\r\n\r\n",
+		"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nConnection: keep-alive, close\r\n\r\n",
+		"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nConnection: X-A\r\nX-A: 1\r\n\r\n",
+		"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nPragma: no-cache\r\n\r\n",
+		"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 0\r\n\r\n",
+		"DELETE http://a.test/x HTTP/1.1\r\nHost: a.test\r\nX-Spaces:   padded\t \r\nX-Empty:\r\n\r\n",
+		"GET http://a.test/ HTTP/1.1\nHost: a.test\nX-Bare-LF: 1\n\n",
+		"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nX-Fold: a\r\n b\r\n\r\n",
+		"GET http://[::1]:80/ HTTP/1.1\r\nHost: [::1]:80\r\nX-UTF8: h\xc3\xa9\r\n\r\n",
+		"OPTIONS http://a.test/ HTTP/1.1\r\nHost: a.test\r\nAccept-Encoding: gzip\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
+	}
+	served := 0
+	for _, head := range heads {
+		r := parsePlain([]byte(head))
+		if r == nil {
+			continue
+		}
+		served++
+		c, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte(head))
+		var want *http.Request
+		select {
+		case want = <-got:
+		case <-time.After(5 * time.Second):
+			c.Close()
+			t.Fatalf("net/http's server did not pass on %q, which the plain loop serves", head)
+		}
+		c.Close()
+		type view struct {
+			Method, URL, Proto, Host, RequestURI string
+			Header                               http.Header
+			Close                                bool
+			ContentLength                        int64
+			TransferEncoding                     []string
+		}
+		of := func(r *http.Request) view {
+			return view{r.Method, r.URL.String(), r.Proto, r.Host, r.RequestURI, r.Header, r.Close, r.ContentLength, r.TransferEncoding}
+		}
+		if g, w := of(r), of(want); !reflect.DeepEqual(g, w) {
+			t.Errorf("%q:\nthe plain loop has %+v\nnet/http's server %+v", head, g, w)
+		}
+	}
+	if served < len(heads)/2 {
+		t.Fatalf("the plain loop serves %d of the %d heads; the test compares too little", served, len(heads))
+	}
 }
