@@ -262,8 +262,17 @@ func parseConnect(head []byte) *http.Request {
 // parsePlain returns the plain-HTTP request in head that a plainConn serves: one
 // net/http's server would pass to its handler as it is (parseHead), HTTP/1.1 with
 // its one Host header, for an http:// URL of a host other than egressd.internal,
-// asking for no upgrade. Anything else is nil: net/http serves it.
+// asking for no upgrade. Anything else is nil: net/http serves it. Common heads
+// take parseCommonPlain's shorter way to the same request.
 func parsePlain(head []byte) *http.Request {
+	if r := parseCommonPlain(head); r != nil {
+		return r
+	}
+	return parsePlainNetHTTP(head)
+}
+
+// parsePlainNetHTTP is parsePlain through net/http's parser.
+func parsePlainNetHTTP(head []byte) *http.Request {
 	r, hosts := parseHead(head)
 	if r == nil || r.Method == http.MethodConnect || r.ProtoMinor != 1 || hosts != 1 {
 		return nil
