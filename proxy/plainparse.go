@@ -10,7 +10,7 @@ import (
 )
 
 // parseCommonPlain parses the common shape of a plain-HTTP head the way
-// parsePlain's net/http parser does, at a third of the cost: the request line
+// parsePlain's net/http parser does, at half the cost: the request line
 // "METHOD http://... HTTP/1.1", header lines "Name: value" ended by CRLF, one Host,
 // none of the headers that net/http's parser treats apart from the rest. For a
 // head of any other shape it returns nil and parsePlain asks net/http's parser:
@@ -19,7 +19,7 @@ import (
 // accepts.
 func parseCommonPlain(head []byte) *http.Request {
 	// One string for the whole head: the method, the URI and every value are
-	// pieces of it, as net/http's parser makes them pieces of one buffer.
+	// pieces of it, one allocation where net/http's parser makes one per value.
 	h := string(head)
 	line, rest, ok := cutCRLF(h)
 	if !ok {
