@@ -9,9 +9,10 @@
 //     grown stacks), its client and upstream bare sockets outside the Go runtime's
 //     poller (socket_linux.go). A connection that starts with plain HTTP is served
 //     by a loop of egressd's own (plain.go, its answers framed by net/http's rules
-//     in plainwriter.go) while its requests are the plain kind net/http would pass
-//     on unchanged; any other connection, and any other request, goes to net/http
-//     with the bytes read so far replayed.
+//     in plainwriter.go, common heads parsed in plainparse.go, each request's
+//     context a requestctx.go) while its requests are the plain kind net/http
+//     would pass on unchanged; any other connection, and any other request, goes
+//     to net/http with the bytes read so far replayed.
 //   - goproxy.go: the handler of both servers and egressd's one contact with goproxy. The
 //     handlers decide each target against the policy and put the exchange (the
 //     request's state, exchange.go) in goproxy's ProxyCtx.UserData.
