@@ -10,7 +10,7 @@
 //     poller (socket_linux.go). A connection that starts with plain HTTP is served
 //     by a loop of egressd's own (plain.go, its answers framed by net/http's rules
 //     in plainwriter.go, common heads parsed in plainparse.go, each request's
-//     context a requestctx.go) while its requests are the plain kind net/http
+//     context from requestctx.go) while its requests are the plain kind net/http
 //     would pass on unchanged; any other connection, and any other request, goes
 //     to net/http with the bytes read so far replayed.
 //   - goproxy.go: the handler of both servers and egressd's one contact with goproxy. The
