@@ -27,7 +27,8 @@ func parseCommonPlain(head []byte) *http.Request {
 	}
 	method, line, ok1 := strings.Cut(line, " ")
 	requestURI, proto, ok2 := strings.Cut(line, " ")
-	if !ok1 || !ok2 || proto != "HTTP/1.1" || !isToken(method) ||
+	// A method is a token, as a header name is.
+	if !ok1 || !ok2 || proto != "HTTP/1.1" || !httpguts.ValidHeaderFieldName(method) ||
 		method == http.MethodConnect || !strings.HasPrefix(requestURI, "http://") {
 		return nil
 	}
@@ -50,19 +51,12 @@ func parseCommonPlain(head []byte) *http.Request {
 			return nil // a folded line, or space before the first name
 		}
 		name, value, found := strings.Cut(line, ":")
-		if !found || !isToken(name) {
+		value = textproto.TrimString(value)
+		if !found || !httpguts.ValidHeaderFieldName(name) || !httpguts.ValidHeaderFieldValue(value) {
 			return nil
 		}
-		value = trimOWS(value)
-		for i := 0; i < len(value); i++ {
-			if c := value[i]; c < ' ' && c != '\t' || c == 0x7f {
-				return nil
-			}
-		}
-		key, ok := commonHeaderKeys[name]
-		if !ok {
-			key = textproto.CanonicalMIMEHeaderKey(name)
-		}
+		// A name already canonical comes back as it is, with no allocation.
+		key := textproto.CanonicalMIMEHeaderKey(name)
 		switch key {
 		case "Host":
 			hosts++
@@ -98,21 +92,6 @@ func parseCommonPlain(head []byte) *http.Request {
 	}
 }
 
-// commonHeaderKeys are header names clients send, in canonical form, so that
-// their keys take no allocation.
-var commonHeaderKeys = func() map[string]string {
-	m := make(map[string]string)
-	for _, k := range []string{
-		"Accept", "Accept-Charset", "Accept-Encoding", "Accept-Language", "Authorization",
-		"Cache-Control", "Connection", "Content-Type", "Cookie", "Host", "If-Modified-Since",
-		"If-None-Match", "Origin", "Proxy-Authorization", "Proxy-Connection", "Range",
-		"Referer", "Traceparent", "User-Agent", "X-Forwarded-For", "X-Request-Id",
-	} {
-		m[k] = k
-	}
-	return m
-}()
-
 // cutCRLF cuts s at its first line end, which must be CRLF with no CR or LF
 // before it.
 func cutCRLF(s string) (line, rest string, ok bool) {
@@ -121,28 +100,4 @@ func cutCRLF(s string) (line, rest string, ok bool) {
 		return "", "", false
 	}
 	return s[:i-1], s[i+1:], true
-}
-
-// trimOWS trims the spaces and tabs around a header value.
-func trimOWS(s string) string {
-	for s != "" && (s[0] == ' ' || s[0] == '\t') {
-		s = s[1:]
-	}
-	for s != "" && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
-		s = s[:len(s)-1]
-	}
-	return s
-}
-
-// isToken reports whether s is an RFC 9110 token: a method, a header name.
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if !httpguts.IsTokenRune(rune(s[i])) {
-			return false
-		}
-	}
-	return true
 }
