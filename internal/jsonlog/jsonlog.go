@@ -25,11 +25,10 @@ import (
 
 // Handler is the JSON handler. Make one with NewHandler.
 type Handler struct {
-	w     *lockedWriter
-	level slog.Leveler
-	std   slog.Handler // slog's own JSONHandler: records this handler does not cover
-	slow  bool         // every record goes to std (options, groups or attributes not covered)
-	pre   []byte       // WithAttrs's attributes, encoded, each with its leading comma
+	w    *lockedWriter
+	std  slog.Handler // slog's own JSONHandler: records this handler does not cover, and the level
+	slow bool         // every record goes to std (options, groups or attributes not covered)
+	pre  []byte       // WithAttrs's attributes, encoded, each with its leading comma
 }
 
 // NewHandler returns a handler writing JSON lines to w, as slog.NewJSONHandler(w,
@@ -40,10 +39,9 @@ func NewHandler(w io.Writer, opts *slog.HandlerOptions) *Handler {
 	}
 	lw := &lockedWriter{w: w}
 	return &Handler{
-		w:     lw,
-		level: opts.Level,
-		std:   slog.NewJSONHandler(lw, opts),
-		slow:  opts.ReplaceAttr != nil || opts.AddSource,
+		w:    lw,
+		std:  slog.NewJSONHandler(lw, opts),
+		slow: opts.ReplaceAttr != nil || opts.AddSource,
 	}
 }
 
@@ -59,13 +57,10 @@ func (w *lockedWriter) Write(p []byte) (int, error) {
 	return w.w.Write(p)
 }
 
-// Enabled reports whether level is at least the handler's minimum (Info by default).
-func (h *Handler) Enabled(_ context.Context, level slog.Level) bool {
-	minLevel := slog.LevelInfo
-	if h.level != nil {
-		minLevel = h.level.Level()
-	}
-	return level >= minLevel
+// Enabled reports whether level is at least the handler's minimum, as slog's
+// handler of the same options says.
+func (h *Handler) Enabled(ctx context.Context, level slog.Level) bool {
+	return h.std.Enabled(ctx, level)
 }
 
 // WithAttrs returns a handler whose records carry as after the built-in keys.
