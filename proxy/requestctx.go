@@ -19,7 +19,7 @@ type requestCtx struct {
 	mu    sync.Mutex
 	done  chan struct{} // made by the first Done
 	err   error
-	after []func() // to run when canceled; nil where stopped, nil slice once canceled
+	after []func() // to run when canceled; nil where stopped; let go once canceled
 	first [1]func()
 }
 
@@ -88,7 +88,7 @@ func (c *requestCtx) AfterFunc(f func()) (stop func() bool) {
 	return func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		if c.after == nil || c.after[i] == nil {
+		if c.err != nil || c.after[i] == nil {
 			return false // started, or stopped before
 		}
 		c.after[i] = nil
