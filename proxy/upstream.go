@@ -124,9 +124,13 @@ func (u *upstreams) connect(ctx context.Context, scheme, host string, port uint1
 	}
 	// c is the connection as the exchange sees it (deadlines, close); rw carries its
 	// bytes: raw system calls on a plain one (rawio_linux.go), TLS on an https one.
-	var c net.Conn = tc
-	rw := newRawIO(tc)
-	if scheme == "https" {
+	var (
+		c  net.Conn = tc
+		rw io.ReadWriter
+	)
+	if scheme != "https" {
+		rw = newRawIO(tc)
+	} else {
 		cfg := &tls.Config{}
 		switch {
 		case tlsConfig != nil:
